@@ -1,0 +1,1 @@
+"""sil-guard core."""

@@ -1,0 +1,1 @@
+"""Internal helpers of sil_core. Not public API: names here may change without notice."""

@@ -1,0 +1,64 @@
+"""Stores: one protocol, four backends selected by URL.
+
+============================  ==============================================================
+URL                           backend
+============================  ==============================================================
+``memory://``                 :class:`MemoryStore`, this process only
+``jsonl:///relative/dir``     :class:`JsonlStore`, human-readable files (``jsonl:////abs``)
+``sqlite:///relative.db``     :class:`SqliteStore`, the embedded default (``sqlite:////abs``)
+``postgresql://user@host/db`` :class:`PostgresStore`, many workers on many hosts
+============================  ==============================================================
+
+Paths follow SQLAlchemy URLs: three slashes for a relative path, four for an absolute one.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from .base import Store
+from .memory import MemoryStore
+
+__all__ = ("DEFAULT_STORE_PATH", "Store", "MemoryStore", "default_store_url", "open_store")
+
+#: where the embedded default store lives unless ``SIL_STORE`` says otherwise
+DEFAULT_STORE_PATH = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "sil-guard" / "sil.db"
+
+
+def default_store_url() -> str:
+    """``$SIL_STORE`` if set, else the embedded SQLite file at :data:`DEFAULT_STORE_PATH`."""
+    return os.environ.get("SIL_STORE") or f"sqlite:///{DEFAULT_STORE_PATH}"
+
+
+def _path(url: str, scheme: str) -> str:
+    rest = url[len(scheme) + 3 :]  # after "scheme://"
+    if not rest.startswith("/") or rest == "/":
+        raise ConfigError(f"{url!r}: expected {scheme}:///relative/path or {scheme}:////absolute/path")
+    return rest[1:]
+
+
+def open_store(url: str | None = None, **options: Any) -> Store:
+    """Open the store a URL names (the default store when ``url`` is ``None``).
+
+    Extra keyword options go to the backend's constructor.
+    """
+    url = url or default_store_url()
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme == "memory":
+        return MemoryStore(**options)
+    if scheme == "jsonl":
+        from .jsonl import JsonlStore
+
+        return JsonlStore(_path(url, "jsonl"), **options)
+    if scheme == "sqlite":
+        from .sqlite import SqliteStore
+
+        return SqliteStore(_path(url, "sqlite"), **options)
+    if scheme in ("postgresql", "postgres", "postgresql+psycopg"):
+        from .postgres import PostgresStore
+
+        return PostgresStore(url, **options)
+    raise ConfigError(f"unknown store URL {url!r}: use memory://, jsonl:///dir, sqlite:///file or postgresql://...")

@@ -1,0 +1,115 @@
+"""``memory://``: a process-local store for tests and short scripts.
+
+Raw records are kept in a bounded, insertion-ordered map (oldest evicted first,
+``max_calls`` in all); aggregates are never evicted.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import replace
+from typing import Sequence
+
+from ..aggregates import Cell, cells_for, feedback_delta
+from ..records import CallRecord, Feedback
+from ._table import CellTable
+from .base import Store
+
+__all__ = ("MemoryStore",)
+
+
+class MemoryStore(Store):
+    """Everything in this process's memory; nothing survives it."""
+
+    capabilities = frozenset({"retention"})
+
+    def __init__(self, *, max_calls: int = 100_000) -> None:
+        self.url = "memory://"
+        self.max_calls = max_calls
+        self._calls: OrderedDict[str, CallRecord] = OrderedDict()
+        self._table = CellTable()
+        self._lock = threading.Lock()
+
+    def write(self, calls: Sequence[CallRecord], feedback: Sequence[Feedback] = ()) -> None:
+        with self._lock:
+            for record in calls:
+                self._calls[record.id] = record
+            self._table.apply(cells_for(calls))
+            for fb in feedback:
+                before = self._calls.get(fb.call_id)
+                if before is None:
+                    continue
+                after = apply_feedback(before, fb)
+                self._calls[fb.call_id] = after
+                self._table.apply(feedback_delta(before, after))
+            while len(self._calls) > self.max_calls:
+                self._calls.popitem(last=False)
+
+    def cells(self, target: str, *, version: str | None = None, since_hour: int | None = None) -> dict[tuple[str, str], Cell]:
+        with self._lock:
+            return self._table.read(target, version, since_hour)
+
+    def read_calls(self, target=None, *, since=None, until=None, version=None, limit=1000) -> list[CallRecord]:
+        with self._lock:
+            rows = [r for r in self._calls.values() if matches(r, target, since, until, version)]
+        rows.sort(key=lambda r: (r.ts, r.id))
+        return rows[-limit:] if limit else []
+
+    def get_call(self, call_id: str) -> CallRecord | None:
+        with self._lock:
+            return self._calls.get(call_id)
+
+    def targets(self) -> list[str]:
+        with self._lock:
+            return self._table.targets()
+
+    def count_calls(self, target: str | None = None) -> int:
+        with self._lock:
+            if target is None:
+                return len(self._calls)
+            return sum(1 for r in self._calls.values() if r.target == target)
+
+    def retain(self, *, max_age_s: float | None = None, max_calls: int | None = None, now: float | None = None) -> int:
+        """Drop records older than ``max_age_s`` and beyond the newest ``max_calls`` per target."""
+        import time
+
+        now = time.time() if now is None else now
+        with self._lock:
+            keep = retained(list(self._calls.values()), max_age_s, max_calls, now)
+            removed = len(self._calls) - len(keep)
+            self._calls = OrderedDict((r.id, r) for r in sorted(keep, key=lambda r: (r.ts, r.id)))
+        return removed
+
+
+def apply_feedback(record: CallRecord, fb: Feedback) -> CallRecord:
+    """The record with the feedback's fields set (``None`` fields leave it unchanged)."""
+    return replace(
+        record,
+        feedback_success=record.feedback_success if fb.success is None else bool(fb.success),
+        feedback_score=record.feedback_score if fb.score is None else float(fb.score),
+    )
+
+
+def matches(r: CallRecord, target, since, until, version) -> bool:
+    return (
+        (target is None or r.target == target)
+        and (since is None or r.ts >= since)
+        and (until is None or r.ts < until)
+        and (version is None or r.version == version)
+    )
+
+
+def retained(records: list[CallRecord], max_age_s, max_calls, now: float) -> list[CallRecord]:
+    """The records a retention policy keeps (shared by file-based backends)."""
+    if max_age_s is not None:
+        records = [r for r in records if r.ts >= now - max_age_s]
+    if max_calls is not None:
+        by_target: dict[str, list[CallRecord]] = {}
+        for r in records:
+            by_target.setdefault(r.target, []).append(r)
+        records = []
+        for rows in by_target.values():
+            rows.sort(key=lambda r: (r.ts, r.id))
+            records.extend(rows[-max_calls:] if max_calls > 0 else [])
+    return records
