@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) examples/demo.py
+	$(PY) examples/01_basic_tracking.py
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -25,6 +25,7 @@ ALL_TIME = -1
 #: histogram resolution: bins per doubling of latency (bin width ~9 %, error <= ~4.4 %)
 BINS_PER_OCTAVE = 8
 _MIN_LATENCY = 1e-7
+_BIN_SCALE = BINS_PER_OCTAVE / math.log(2)  # natural log -> bin index
 
 # (target, version or "", arm or "", hour or ALL_TIME)
 CellKey = tuple[str, str, str, int]
@@ -105,26 +106,35 @@ class Cell:
         return 2.0 ** ((max(self.hist) + 0.5) / BINS_PER_OCTAVE)
 
 
-def latency_bin(duration_s: float) -> int:
-    return math.floor(math.log2(max(duration_s, _MIN_LATENCY)) * BINS_PER_OCTAVE)
+def add_record(cell: Cell, record: CallRecord) -> None:
+    """Add one record's contribution to ``cell`` in place (the hot loop of every write)."""
+    cell.n += 1
+    field_name = _OUTCOME_FIELD.get(record.outcome, "n_error")
+    setattr(cell, field_name, getattr(cell, field_name) + 1)
+    success = record.success
+    if success is True:
+        cell.successes += 1
+        d = record.duration_s if record.duration_s > _MIN_LATENCY else _MIN_LATENCY
+        log_d = math.log(d)
+        cell.lat_n += 1
+        cell.lat_sum += log_d
+        cell.lat_sumsq += log_d * log_d
+        b = math.floor(log_d * _BIN_SCALE)
+        cell.hist[b] = cell.hist.get(b, 0) + 1
+    elif success is False:
+        cell.failures += 1
+    score = record.effective_score
+    if score is not None:
+        s = float(score)
+        cell.score_n += 1
+        cell.score_sum += s
+        cell.score_sumsq += s * s
 
 
 def contribution(record: CallRecord) -> Cell:
     """What one record adds to its cells."""
-    cell = Cell(n=1)
-    setattr(cell, _OUTCOME_FIELD.get(record.outcome, "n_error"), 1)
-    success = record.success
-    if success is True:
-        cell.successes = 1
-        log_d = math.log(max(record.duration_s, _MIN_LATENCY))
-        cell.lat_n, cell.lat_sum, cell.lat_sumsq = 1, log_d, log_d * log_d
-        cell.hist = {latency_bin(record.duration_s): 1}
-    elif success is False:
-        cell.failures = 1
-    score = record.effective_score
-    if score is not None:
-        s = float(score)
-        cell.score_n, cell.score_sum, cell.score_sumsq = 1, s, s * s
+    cell = Cell()
+    add_record(cell, record)
     return cell
 
 
@@ -138,15 +148,20 @@ def keys_for(record: CallRecord) -> tuple[CellKey, CellKey]:
 
 def cells_for(records: Iterable[CallRecord]) -> dict[CellKey, Cell]:
     """Group a batch of records into cell increments (hour and all-time)."""
-    out: dict[CellKey, Cell] = {}
+    hours: dict[CellKey, Cell] = {}
     for record in records:
-        c = contribution(record)
-        for key in keys_for(record):
-            cell = out.get(key)
-            if cell is None:
-                out[key] = c.copy()
-            else:
-                cell.add(c)
+        key = (record.target, record.version or "", record.arm or "", int(record.ts // BUCKET_S))
+        cell = hours.get(key)
+        if cell is None:
+            cell = hours[key] = Cell()
+        add_record(cell, record)
+    out = dict(hours)
+    for (target, version, arm, _), cell in hours.items():
+        key = (target, version, arm, ALL_TIME)
+        if key in out:
+            out[key].add(cell)
+        else:
+            out[key] = cell.copy()
     return out
 
 

@@ -1,0 +1,225 @@
+"""Write-behind: records queue in memory and reach the store in batched transactions.
+
+The hot path only appends to a deque (thread-safe, lock-free in CPython). One daemon
+thread per writer drains it every ``interval`` seconds, or at once when a batch fills or
+a caller waits: everything queued at that moment goes into one ``store.write`` (group
+commit). ``durability="sync"`` callers wait for the transaction that holds their record.
+The queue is bounded; a failed write is retried with backoff, and records beyond the
+bound are dropped and counted, never kept without limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import threading
+import weakref
+from concurrent.futures import Future
+from typing import Any, Callable, Sequence
+
+from ..records import CallRecord, Feedback
+from .failopen import report
+from .ids import new_id
+from .jsonsafe import dumps_context
+
+_writers: "weakref.WeakSet[Writer]" = weakref.WeakSet()
+
+
+class _Waiter:
+    """An item a caller waits on: a record in sync mode, or a flush marker."""
+
+    __slots__ = ("item", "future")
+
+    def __init__(self, item: Any) -> None:
+        self.item = item
+        self.future: Future = Future()
+
+
+class Writer:
+    """The write-behind queue and flusher thread of one Guard."""
+
+    def __init__(
+        self,
+        store: Any,
+        *,
+        interval: float = 0.2,
+        batch_size: int = 1000,
+        max_pending: int = 100_000,
+        max_retry_delay: float = 5.0,
+        on_written: Callable[[Sequence[CallRecord]], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.interval = interval
+        self.batch_size = batch_size
+        self.max_pending = max_pending
+        self.max_retry_delay = max_retry_delay
+        self.on_written = on_written
+        self.dropped = 0
+        self.written = 0
+        self.failed_writes = 0
+        self._queue: collections.deque = collections.deque()
+        self._retry: list = []  # prepared records/feedback of a failed batch, written first
+        self._wake = threading.Event()
+        self._io = threading.Lock()  # one flush at a time (thread or inline)
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._delay = interval
+        _writers.add(self)
+
+    # -- hot path ------------------------------------------------------------------------
+    def put(self, item: CallRecord | Feedback) -> None:
+        """Queue an item; returns at once."""
+        queue = self._queue
+        if len(queue) >= self.max_pending:
+            self._drop_oldest()
+        queue.append(item)
+        if self._thread is None:  # first use, or a forked child (see _after_fork)
+            self._start()
+        elif len(queue) >= self.batch_size:
+            self._wake.set()
+
+    def put_durable(self, item: CallRecord | Feedback, timeout: float | None = 30.0) -> bool:
+        """Queue an item and wait until its batch is committed; ``False`` if it was not."""
+        waiter = self._enqueue_waiter(item)
+        try:
+            return bool(waiter.future.result(timeout))
+        except Exception:  # timeout: fail open, the caller goes on
+            return False
+
+    async def aput_durable(self, item: CallRecord | Feedback, timeout: float | None = 30.0) -> bool:
+        """Async twin of :meth:`put_durable`: waits without blocking the event loop."""
+        waiter = self._enqueue_waiter(item)
+        try:
+            return bool(await asyncio.wait_for(asyncio.wrap_future(waiter.future), timeout))
+        except asyncio.TimeoutError:
+            return False
+
+    # -- control -------------------------------------------------------------------------
+    def flush(self, timeout: float | None = 30.0) -> bool:
+        """Write everything queued so far; ``True`` when it is all committed."""
+        if self._thread is None or self._closed:
+            return self._drain()
+        return self.put_durable(None, timeout)
+
+    def close(self, timeout: float | None = 30.0) -> bool:
+        ok = self.flush(timeout)
+        self._closed = True
+        self._wake.set()
+        return ok
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue) + len(self._retry)
+
+    # -- internals -----------------------------------------------------------------------
+    def _enqueue_waiter(self, item: Any) -> _Waiter:
+        waiter = _Waiter(item)
+        if len(self._queue) >= self.max_pending:
+            self._drop_oldest()
+        self._queue.append(waiter)
+        if self._thread is None:
+            self._start()
+        self._wake.set()
+        return waiter
+
+    def _drop_oldest(self) -> None:
+        try:
+            old = self._queue.popleft()
+        except IndexError:
+            return
+        self.dropped += 1
+        if isinstance(old, _Waiter):
+            old.future.set_result(False)
+
+    def _start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="sil-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._closed:
+            self._wake.wait(self._delay)
+            self._wake.clear()
+            self._drain()
+        self._drain()
+
+    def _drain(self) -> bool:
+        """Write everything queued; ``True`` if all of it is committed."""
+        with self._io:
+            while self._queue or self._retry:
+                calls: list[CallRecord] = []
+                feedback: list[Feedback] = []
+                waiters: list[_Waiter] = []
+                for item in self._retry:
+                    (calls if isinstance(item, CallRecord) else feedback).append(item)
+                self._retry = []
+                queue = self._queue
+                while queue and len(calls) + len(feedback) < self.batch_size:
+                    item = queue.popleft()
+                    if isinstance(item, _Waiter):
+                        waiters.append(item)
+                        item = item.item
+                        if item is None:  # a flush marker
+                            continue
+                    if isinstance(item, CallRecord):
+                        _prepare(item)
+                        calls.append(item)
+                    else:
+                        feedback.append(item)
+                if not self._write(calls, feedback):
+                    for w in waiters:
+                        w.future.set_result(False)
+                    return False
+                for w in waiters:
+                    w.future.set_result(True)
+            return True
+
+    def _write(self, calls: list[CallRecord], feedback: list[Feedback]) -> bool:
+        if not calls and not feedback:
+            return True
+        try:
+            self.store.write(calls, feedback)
+        except Exception as exc:
+            self.failed_writes += 1
+            report("store.write", exc)
+            room = self.max_pending - len(self._queue)
+            kept = (calls + feedback)[: max(room, 0)]
+            self.dropped += len(calls) + len(feedback) - len(kept)
+            self._retry = kept
+            self._delay = min(self.max_retry_delay, max(self._delay * 2, 0.05))
+            return False
+        self._delay = self.interval
+        self.written += len(calls)
+        if self.on_written is not None and calls:
+            try:
+                self.on_written(calls)
+            except Exception as exc:
+                report("on_written", exc)
+        return True
+
+
+def _prepare(record: CallRecord) -> None:
+    """Give the record an id if it has none and encode its context as bounded JSON (off
+    the hot path; never raises)."""
+    if record.id is None:
+        record.id = new_id()
+    if record.context is not None:
+        try:
+            record.context = dumps_context(record.context)
+        except Exception as exc:
+            report("context.encode", exc)
+            record.context = None
+
+
+def _after_fork() -> None:
+    # a forked child has no flusher thread, and the queued records are the parent's to write
+    for writer in list(_writers):
+        writer._thread = None
+        writer._queue.clear()
+        writer._retry = []
+        writer._io = threading.Lock()
+        writer._wake = threading.Event()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)

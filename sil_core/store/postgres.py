@@ -1,0 +1,536 @@
+"""``postgresql://user@host/db``: many workers on many hosts share one store.
+
+Every table lives in one schema (``?schema=NAME`` in the URL or the ``schema`` argument;
+``public`` by default), created on first use. The schema evolves through the append-only
+:data:`MIGRATIONS` list, recorded in ``sil_schema_version`` and applied under a
+transaction-level advisory lock, so any number of processes may start at once.
+
+A write batch is one transaction: new records are inserted with ``ON CONFLICT (id) DO
+NOTHING ... RETURNING id`` and only the rows actually inserted count toward the cells (a
+retried batch never counts twice); feedback locks its records (``SELECT ... FOR UPDATE``)
+and adds the difference it makes; all cell increments are then upserted in key order
+(``ON CONFLICT ... DO UPDATE SET n = n + EXCLUDED.n``), so concurrent batches neither lose
+increments nor deadlock. Reads of statistics sum cells with ``GROUP BY``; they never touch
+the raw records.
+
+One connection per store instance, shared by its threads under a lock; a connection that
+was lost is replaced once, transparently (writes are idempotent, so a batch whose commit
+was cut off may safely run again). psycopg is imported only when a store is opened.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence, TypeVar
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+from ..aggregates import ALL_TIME, BUCKET_S, FIELDS, Cell, CellKey, cells_for, feedback_delta
+from ..errors import ConfigError, MissingExtra, StoreError
+from ..records import CallRecord, Feedback
+from .base import Store
+from .memory import apply_feedback
+
+__all__ = ("MIGRATIONS", "PostgresStore")
+
+T = TypeVar("T")
+
+DEFAULT_SCHEMA = "public"
+#: first key of the two-part advisory lock taken while migrating ("SIL\0")
+_LOCK_CLASS = 0x53494C00
+#: how often a write is retried after a deadlock or serialization failure
+_CONFLICT_RETRIES = 3
+
+CALL_COLUMNS = (
+    "id", "target", "ts", "duration_s", "outcome", "error_type", "error_message", "version",
+    "arm", "attempt", "score", "context", "feedback_success", "feedback_score",
+)
+_CALL_TYPES = (
+    "text", "text", "float8", "float8", "text", "text", "text", "text",
+    "text", "int4", "float8", "text", "bool", "float8",
+)
+_FLOAT_FIELDS = frozenset(name for name in FIELDS if isinstance(getattr(Cell(), name), float))
+_CELL_TYPES = tuple("float8" if name in _FLOAT_FIELDS else "int8" for name in FIELDS)
+
+#: Append-only: entry ``i`` moves the schema to version ``i + 1``. ``{schema}`` is the quoted
+#: schema name; statements are separated by ``;``. Never edit an entry once released.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE IF NOT EXISTS {schema}.sil_calls (
+        id text PRIMARY KEY,
+        target text NOT NULL,
+        ts double precision NOT NULL,
+        duration_s double precision NOT NULL,
+        outcome text NOT NULL,
+        error_type text,
+        error_message text,
+        version text,
+        arm text,
+        attempt integer NOT NULL DEFAULT 1,
+        score double precision,
+        context text,
+        feedback_success boolean,
+        feedback_score double precision
+    );
+    CREATE INDEX IF NOT EXISTS sil_calls_target_ts ON {schema}.sil_calls (target, ts);
+    CREATE INDEX IF NOT EXISTS sil_calls_target_version ON {schema}.sil_calls (target, version);
+    CREATE INDEX IF NOT EXISTS sil_calls_ts ON {schema}.sil_calls (ts);
+    CREATE TABLE IF NOT EXISTS {schema}.sil_cells (
+        target text NOT NULL,
+        version text NOT NULL,
+        arm text NOT NULL,
+        hour bigint NOT NULL,
+        n bigint NOT NULL DEFAULT 0,
+        n_ok bigint NOT NULL DEFAULT 0,
+        n_error bigint NOT NULL DEFAULT 0,
+        n_interrupted bigint NOT NULL DEFAULT 0,
+        n_cancelled bigint NOT NULL DEFAULT 0,
+        n_blocked bigint NOT NULL DEFAULT 0,
+        successes bigint NOT NULL DEFAULT 0,
+        failures bigint NOT NULL DEFAULT 0,
+        lat_n bigint NOT NULL DEFAULT 0,
+        lat_sum double precision NOT NULL DEFAULT 0,
+        lat_sumsq double precision NOT NULL DEFAULT 0,
+        score_n bigint NOT NULL DEFAULT 0,
+        score_sum double precision NOT NULL DEFAULT 0,
+        score_sumsq double precision NOT NULL DEFAULT 0,
+        PRIMARY KEY (target, version, arm, hour)
+    );
+    CREATE TABLE IF NOT EXISTS {schema}.sil_hist (
+        target text NOT NULL,
+        version text NOT NULL,
+        arm text NOT NULL,
+        hour bigint NOT NULL,
+        bin integer NOT NULL,
+        n bigint NOT NULL,
+        PRIMARY KEY (target, version, arm, hour, bin)
+    )
+    """,
+)
+
+# connections inherited through fork(): kept referenced so that finalising them in the
+# child never sends a Terminate message over the parent's socket
+_INHERITED: list[Any] = []
+
+
+def _import_psycopg() -> Any:
+    try:
+        import psycopg
+    except ImportError as exc:
+        raise MissingExtra("postgres", "psycopg") from exc
+    return psycopg
+
+
+def quote_ident(name: str) -> str:
+    """``name`` as a PostgreSQL quoted identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def split_url(url: str) -> tuple[str, str | None]:
+    """``(conninfo, schema)``: the URL libpq understands, and its ``schema`` parameter.
+
+    The ``postgresql+psycopg`` scheme (SQLAlchemy style) becomes ``postgresql``; every other
+    query parameter is passed to libpq verbatim.
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("postgresql", "postgres", "postgresql+psycopg"):
+        raise ConfigError(f"not a PostgreSQL URL: {redact(url)!r}")
+    schema = None
+    kept = []
+    for item in parts.query.split("&") if parts.query else ():
+        key, _, value = item.partition("=")
+        if unquote(key) == "schema":
+            schema = unquote(value)
+        elif item:
+            kept.append(item)
+    conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, "&".join(kept), parts.fragment))
+    return conninfo, schema
+
+
+def redact(url: str) -> str:
+    """The URL with its password (if any) replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "postgresql://***"
+    if parts.password is None:
+        return url
+    userinfo, _, hostinfo = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return urlunsplit((parts.scheme, f"{user}:***@{hostinfo}", parts.path, parts.query, parts.fragment))
+
+
+def _clean(text: Any) -> str | None:
+    """Text PostgreSQL accepts: NUL characters and lone surrogates are replaced."""
+    if text is None:
+        return None
+    text = str(text)
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _context(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return _clean(value)
+    from .._internal.jsonsafe import dumps_context
+
+    return _clean(dumps_context(value))
+
+
+def record_to_row(r: CallRecord) -> tuple:
+    return (
+        _clean(r.id), _clean(r.target), float(r.ts), float(r.duration_s), _clean(r.outcome),
+        _clean(r.error_type), _clean(r.error_message), _clean(r.version), _clean(r.arm),
+        int(r.attempt or 1), _float(r.score), _context(r.context),
+        None if r.feedback_success is None else bool(r.feedback_success), _float(r.feedback_score),
+    )
+
+
+def row_to_record(row: Sequence) -> CallRecord:
+    return CallRecord(*row)
+
+
+def _columns(rows: Sequence[Sequence], width: int) -> list[list]:
+    """Rows to per-column lists (the arrays ``unnest`` takes)."""
+    return [list(column) for column in zip(*rows)] if rows else [[] for _ in range(width)]
+
+
+def _unnest(types: Sequence[str], names: Sequence[str]) -> str:
+    """``unnest(%s::t1[], ...) WITH ORDINALITY AS u(names..., ord)`` for array parameters."""
+    arrays = ", ".join(f"%s::{t}[]" for t in types)
+    return f"unnest({arrays}) WITH ORDINALITY AS u({', '.join(names)}, ord)"
+
+
+class _Sql:
+    """Every statement, qualified with one schema."""
+
+    def __init__(self, schema: str) -> None:
+        s = quote_ident(schema)
+        self.schema = s
+        cols = ", ".join(CALL_COLUMNS)
+        self.select_call = f"SELECT {cols} FROM {s}.sil_calls"
+        self.insert_calls = (
+            f"INSERT INTO {s}.sil_calls ({cols}) "
+            f"SELECT {cols} FROM {_unnest(_CALL_TYPES, CALL_COLUMNS)} ORDER BY ord "
+            f"ON CONFLICT (id) DO NOTHING RETURNING id"
+        )
+        self.lock_calls = f'{self.select_call} WHERE id = ANY(%s::text[]) ORDER BY id COLLATE "C" FOR UPDATE'
+        self.update_feedback = (
+            f"UPDATE {s}.sil_calls AS c SET feedback_success = u.fs, feedback_score = u.fsc "
+            f"FROM {_unnest(('text', 'bool', 'float8'), ('id', 'fs', 'fsc'))} WHERE c.id = u.id"
+        )
+        key = ("target", "version", "arm", "hour")
+        cell_cols = ", ".join((*key, *FIELDS))
+        self.upsert_cells = (
+            f"INSERT INTO {s}.sil_cells AS c ({cell_cols}) "
+            f"SELECT {cell_cols} FROM {_unnest(('text', 'text', 'text', 'int8', *_CELL_TYPES), (*key, *FIELDS))} "
+            f"ORDER BY ord ON CONFLICT (target, version, arm, hour) DO UPDATE SET "
+            + ", ".join(f"{f} = c.{f} + EXCLUDED.{f}" for f in FIELDS)
+        )
+        hist_cols = "target, version, arm, hour, bin, n"
+        self.upsert_hist = (
+            f"INSERT INTO {s}.sil_hist AS h ({hist_cols}) "
+            f"SELECT {hist_cols} FROM "
+            f"{_unnest(('text', 'text', 'text', 'int8', 'int4', 'int8'), ('target', 'version', 'arm', 'hour', 'bin', 'n'))} "
+            f"ORDER BY ord ON CONFLICT (target, version, arm, hour, bin) DO UPDATE SET n = h.n + EXCLUDED.n"
+        )
+        self.cells_table = f"{s}.sil_cells"
+        self.hist_table = f"{s}.sil_hist"
+        self.calls_table = f"{s}.sil_calls"
+        self.version_table = f"{s}.sil_schema_version"
+
+
+class PostgresStore(Store):
+    """A PostgreSQL database shared by every process and host that opens it."""
+
+    capabilities = frozenset({"retention", "multiprocess"})
+
+    def __init__(self, url: str, *, schema: str | None = None, connect_timeout: float = 10) -> None:
+        self._pg = _import_psycopg()
+        self.url = url
+        self._conninfo, url_schema = split_url(url)
+        self.schema = schema or url_schema or DEFAULT_SCHEMA
+        if len(self.schema.encode("utf-8")) > 63 or "\x00" in self.schema:
+            raise ConfigError(f"invalid PostgreSQL schema name {self.schema!r} (at most 63 bytes)")
+        self._connect_timeout = max(1, int(round(connect_timeout)))
+        self._sql = _Sql(self.schema)
+        self._lock = threading.Lock()
+        self._conn: Any = None
+        self._pid = os.getpid()
+        self._closed = False
+        try:
+            self._run("open", self._migrate)
+        except BaseException:
+            self.close()
+            raise
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {redact(self.url)}>"
+
+    # -- connection ------------------------------------------------------------------------
+    @contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        """Driver errors become :class:`StoreError` (the driver's exception is the cause)."""
+        try:
+            yield
+        except self._pg.Error as exc:
+            raise StoreError(f"{redact(self.url)}: {action} failed: {exc}") from exc
+
+    def _connection(self) -> Any:
+        conn = self._conn
+        if conn is not None and self._pid != os.getpid():  # inherited through fork()
+            _INHERITED.append(conn)
+            conn = self._conn = None
+        if conn is not None and (conn.closed or conn.broken):
+            self._discard()
+            conn = None
+        if conn is None:
+            params = {"autocommit": True, "connect_timeout": self._connect_timeout}
+            if "application_name" not in self._conninfo:
+                params["application_name"] = "sil-guard"
+            conn = self._conn = self._pg.connect(self._conninfo, **params)
+            self._pid = os.getpid()
+        return conn
+
+    def _discard(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # closing a broken connection may fail; it is gone either way
+                pass
+
+    def _run(self, action: str, fn: Callable[[Any], T]) -> T:
+        """Run ``fn(connection)`` under the lock; reconnect once if the connection was lost,
+        retry a few times after a deadlock or serialization failure."""
+        pg = self._pg
+        with self._lock, self._errors(action):
+            if self._closed:
+                raise StoreError(f"{redact(self.url)}: the store is closed")
+            reconnected = False
+            conflicts = 0
+            while True:
+                conn = self._connection()
+                try:
+                    return fn(conn)
+                except pg.errors.TransactionRollback:
+                    conflicts += 1
+                    if conflicts >= _CONFLICT_RETRIES or conn.broken:
+                        raise
+                except pg.Error:
+                    if reconnected or not (conn.closed or conn.broken):
+                        raise
+                    self._discard()
+                    reconnected = True
+
+    def _query(self, action: str, sql: str, params: Sequence = ()) -> list:
+        return self._run(action, lambda conn: conn.execute(sql, params).fetchall())
+
+    def _migrate(self, conn: Any) -> None:
+        sql = self._sql
+        if self._schema_version(conn) >= len(MIGRATIONS):
+            return
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_LOCK_CLASS, self.schema))
+            if conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (self.schema,)).fetchone() is None:
+                conn.execute(f"CREATE SCHEMA IF NOT EXISTS {sql.schema}")
+            conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {sql.version_table} "
+                "(version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            current = conn.execute(f"SELECT coalesce(max(version), 0) FROM {sql.version_table}").fetchone()[0]
+            for number, script in enumerate(MIGRATIONS[current:], start=current + 1):
+                for statement in filter(str.strip, script.format(schema=sql.schema).split(";")):
+                    conn.execute(statement)
+                conn.execute(f"INSERT INTO {sql.version_table} (version) VALUES (%s)", (number,))
+
+    def _schema_version(self, conn: Any) -> int:
+        """The applied schema version, read without locking (0 when there is none yet)."""
+        exists = conn.execute("SELECT to_regclass(%s)", (self._sql.version_table,)).fetchone()[0]
+        if exists is None:
+            return 0
+        return conn.execute(f"SELECT coalesce(max(version), 0) FROM {self._sql.version_table}").fetchone()[0]
+
+    # -- writes ----------------------------------------------------------------------------
+    def write(self, calls: Sequence[CallRecord], feedback: Sequence[Feedback] = ()) -> None:
+        if not calls and not feedback:
+            return
+        # one row per id (the last wins, as in the other backends), in id order so that
+        # concurrent batches take row locks in the same order
+        unique = sorted({r.id: r for r in calls}.values(), key=lambda r: r.id)
+        rows = [record_to_row(r) for r in unique]
+        feedback = [fb for fb in feedback if fb.call_id is not None]
+        self._run("write", lambda conn: self._write(conn, unique, rows, feedback))
+
+    def _write(self, conn: Any, calls: list[CallRecord], rows: list[tuple], feedback: list[Feedback]) -> None:
+        sql = self._sql
+        deltas: dict[CellKey, Cell] = {}
+        with conn.transaction():
+            if rows:
+                cur = conn.execute(sql.insert_calls, _columns(rows, len(CALL_COLUMNS)))
+                inserted = {row[0] for row in cur.fetchall()}
+                if inserted:
+                    fresh = [r for r, row in zip(calls, rows) if row[0] in inserted]
+                    deltas = cells_for(fresh)
+            if feedback:
+                self._apply_feedback(conn, feedback, deltas)
+            self._upsert_cells(conn, deltas)
+
+    def _apply_feedback(self, conn: Any, feedback: list[Feedback], deltas: dict[CellKey, Cell]) -> None:
+        sql = self._sql
+        ids = sorted({_clean(fb.call_id) for fb in feedback})
+        locked = {row[0]: row_to_record(row) for row in conn.execute(sql.lock_calls, (ids,)).fetchall()}
+        current = dict(locked)
+        for fb in feedback:
+            call_id = _clean(fb.call_id)
+            before = current.get(call_id)
+            if before is None:
+                continue  # unknown id: ignored
+            after = apply_feedback(before, fb)
+            current[call_id] = after
+            _merge(deltas, feedback_delta(before, after))
+        changed = [
+            (call_id, r.feedback_success, _float(r.feedback_score))
+            for call_id, r in sorted(current.items())
+            if (r.feedback_success, r.feedback_score) != (locked[call_id].feedback_success, locked[call_id].feedback_score)
+        ]
+        if changed:
+            conn.execute(sql.update_feedback, _columns(changed, 3))
+
+    def _upsert_cells(self, conn: Any, deltas: dict[CellKey, Cell]) -> None:
+        keys = sorted(key for key, cell in deltas.items() if not cell.is_zero())
+        if not keys:
+            return
+        cell_rows = [
+            (*key, *(float(v) if name in _FLOAT_FIELDS else int(v) for name, v in zip(FIELDS, deltas[key].values())))
+            for key in keys
+        ]
+        conn.execute(self._sql.upsert_cells, _columns(cell_rows, 4 + len(FIELDS)))
+        hist_rows = [(*key, int(b), int(n)) for key in keys for b, n in sorted(deltas[key].hist.items()) if n]
+        if hist_rows:
+            conn.execute(self._sql.upsert_hist, _columns(hist_rows, 6))
+
+    # -- reads -----------------------------------------------------------------------------
+    def cells(self, target: str, *, version: str | None = None, since_hour: int | None = None) -> dict[tuple[str, str], Cell]:
+        where, params = "target = %s", [_clean(target)]
+        if version is not None:
+            where += " AND version = %s"
+            params.append(_clean(version))
+        if since_hour is None:
+            where += " AND hour = %s"
+            params.append(ALL_TIME)
+        else:
+            where += " AND hour >= %s AND hour <> %s"
+            params.extend((int(since_hour), ALL_TIME))
+        sums = ", ".join(f"SUM({f})" + ("" if f in _FLOAT_FIELDS else "::bigint") for f in FIELDS)
+        pad = ", ".join("NULL" for _ in FIELDS[1:])
+        # one statement, so cells and histogram come from the same snapshot
+        query = (
+            f"SELECT version, arm, NULL::integer AS bin, {sums} FROM {self._sql.cells_table} "
+            f"WHERE {where} GROUP BY version, arm "
+            f"UNION ALL "
+            f"SELECT version, arm, bin, SUM(n)::bigint, {pad} FROM {self._sql.hist_table} "
+            f"WHERE {where} GROUP BY version, arm, bin"
+        )
+        out: dict[tuple[str, str], Cell] = {}
+        hists: list[tuple] = []
+        for row in self._query("cells", query, params + params):
+            if row[2] is None:
+                out[(row[0], row[1])] = Cell.from_values(row[3:])
+            else:
+                hists.append(row[:4])
+        for v, a, b, n in hists:
+            cell = out.get((v, a))
+            if n and cell is not None:
+                cell.hist[b] = n
+        return out
+
+    def read_calls(self, target=None, *, since=None, until=None, version=None, limit=1000) -> list[CallRecord]:
+        if not limit or limit <= 0:
+            return []
+        clauses, params = [], []
+        for clause, value in (
+            ("target = %s", _clean(target)), ("ts >= %s", _float(since)),
+            ("ts < %s", _float(until)), ("version = %s", _clean(version)),
+        ):
+            if value is not None:
+                clauses.append(clause)
+                params.append(value)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._query(
+            "read_calls", f'{self._sql.select_call}{where} ORDER BY ts DESC, id COLLATE "C" DESC LIMIT %s',
+            [*params, int(limit)],
+        )
+        return [row_to_record(r) for r in reversed(rows)]
+
+    def get_call(self, call_id: str) -> CallRecord | None:
+        rows = self._query("get_call", self._sql.select_call + " WHERE id = %s", (_clean(call_id),))
+        return row_to_record(rows[0]) if rows else None
+
+    def targets(self) -> list[str]:
+        rows = self._query("targets", f"SELECT DISTINCT target FROM {self._sql.cells_table} WHERE hour = %s", (ALL_TIME,))
+        return sorted(r[0] for r in rows)
+
+    def count_calls(self, target: str | None = None) -> int:
+        if target is None:
+            return self._query("count_calls", f"SELECT count(*) FROM {self._sql.calls_table}")[0][0]
+        return self._query(
+            "count_calls", f"SELECT count(*) FROM {self._sql.calls_table} WHERE target = %s", (_clean(target),)
+        )[0][0]
+
+    def retain(self, *, max_age_s: float | None = None, max_calls: int | None = None, now: float | None = None) -> int:
+        """Delete raw records older than ``max_age_s`` (and hourly cells older than that
+        hour) and records beyond the newest ``max_calls`` per target. All-time cells stay.
+        Returns how many raw records were deleted."""
+        now = time.time() if now is None else float(now)
+        sql = self._sql
+
+        def run(conn: Any) -> int:
+            removed = 0
+            with conn.transaction():
+                if max_age_s is not None:
+                    cutoff = now - float(max_age_s)
+                    removed += conn.execute(f"DELETE FROM {sql.calls_table} WHERE ts < %s", (cutoff,)).rowcount
+                    hour = int(cutoff // BUCKET_S)
+                    for table in (sql.cells_table, sql.hist_table):
+                        conn.execute(f"DELETE FROM {table} WHERE hour <> %s AND hour < %s", (ALL_TIME, hour))
+                if max_calls is not None:
+                    removed += conn.execute(
+                        f"DELETE FROM {sql.calls_table} AS c USING ("
+                        f"SELECT id FROM (SELECT id, row_number() OVER "
+                        f'(PARTITION BY target ORDER BY ts DESC, id COLLATE "C" DESC) AS rn '
+                        f"FROM {sql.calls_table}) AS ranked WHERE rn > %s) AS old WHERE c.id = old.id",
+                        (max(0, int(max_calls)),),
+                    ).rowcount
+            return removed
+
+        return self._run("retain", run)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            if self._conn is not None and self._pid != os.getpid():
+                _INHERITED.append(self._conn)
+                self._conn = None
+            self._discard()
+
+
+def _merge(into: dict[CellKey, Cell], deltas: dict[CellKey, Cell]) -> None:
+    for key, cell in deltas.items():
+        if key in into:
+            into[key].add(cell)
+        else:
+            into[key] = cell.copy()

@@ -1,0 +1,259 @@
+"""``sqlite:///file``: the embedded default store.
+
+WAL journal, ``busy_timeout`` for other processes, one ``BEGIN IMMEDIATE`` transaction
+per write batch (records, cell increments and feedback together), indexes on
+``(target, ts)`` and ``(target, version)``, and retention by age or count. Any number of
+processes on one host may share a file.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from ..aggregates import ALL_TIME, BUCKET_S, FIELDS, Cell, CellKey, cells_for, feedback_delta
+from ..errors import StoreError
+from ..records import CallRecord, Feedback
+from .base import Store
+from .memory import apply_feedback
+
+__all__ = ("SqliteStore",)
+
+CALL_COLUMNS = (
+    "id", "target", "ts", "duration_s", "outcome", "error_type", "error_message", "version",
+    "arm", "attempt", "score", "context", "feedback_success", "feedback_score",
+)
+_CELL_COLS = ", ".join(FIELDS)
+_CELL_UPSERT = (
+    f"INSERT INTO sil_cells (target, version, arm, hour, {_CELL_COLS}) "
+    f"VALUES (?, ?, ?, ?, {', '.join('?' for _ in FIELDS)}) "
+    f"ON CONFLICT (target, version, arm, hour) DO UPDATE SET "
+    + ", ".join(f"{f} = {f} + excluded.{f}" for f in FIELDS)
+)
+_HIST_UPSERT = (
+    "INSERT INTO sil_hist (target, version, arm, hour, bin, n) VALUES (?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (target, version, arm, hour, bin) DO UPDATE SET n = n + excluded.n"
+)
+_INSERT_CALL = f"INSERT INTO sil_calls ({', '.join(CALL_COLUMNS)}) VALUES ({', '.join('?' for _ in CALL_COLUMNS)})"
+_SELECT_CALL = f"SELECT {', '.join(CALL_COLUMNS)} FROM sil_calls"
+
+#: append-only: each entry moves the schema one version up
+MIGRATIONS = (
+    f"""
+    CREATE TABLE sil_calls (
+        id TEXT PRIMARY KEY, target TEXT NOT NULL, ts REAL NOT NULL, duration_s REAL NOT NULL,
+        outcome TEXT NOT NULL, error_type TEXT, error_message TEXT, version TEXT, arm TEXT,
+        attempt INTEGER NOT NULL DEFAULT 1, score REAL, context TEXT,
+        feedback_success INTEGER, feedback_score REAL
+    );
+    CREATE INDEX sil_calls_target_ts ON sil_calls (target, ts);
+    CREATE INDEX sil_calls_target_version ON sil_calls (target, version);
+    CREATE TABLE sil_cells (
+        target TEXT NOT NULL, version TEXT NOT NULL, arm TEXT NOT NULL, hour INTEGER NOT NULL,
+        {", ".join(f"{f} {'REAL' if f.startswith(('lat_sum', 'score_sum')) else 'INTEGER'} NOT NULL DEFAULT 0" for f in FIELDS)},
+        PRIMARY KEY (target, version, arm, hour)
+    );
+    CREATE TABLE sil_hist (
+        target TEXT NOT NULL, version TEXT NOT NULL, arm TEXT NOT NULL, hour INTEGER NOT NULL,
+        bin INTEGER NOT NULL, n INTEGER NOT NULL,
+        PRIMARY KEY (target, version, arm, hour, bin)
+    );
+    """,
+)
+
+
+def row_to_record(row: Sequence) -> CallRecord:
+    values = list(row)
+    fb = values[12]
+    values[12] = None if fb is None else bool(fb)
+    return CallRecord(*values)
+
+
+def record_to_row(r: CallRecord) -> tuple:
+    return (
+        r.id, r.target, r.ts, r.duration_s, r.outcome, r.error_type, r.error_message, r.version,
+        r.arm, r.attempt, r.score, r.context,
+        None if r.feedback_success is None else int(r.feedback_success), r.feedback_score,
+    )
+
+
+class SqliteStore(Store):
+    """An embedded SQLite file shared by every thread and process that opens it."""
+
+    capabilities = frozenset({"retention", "multiprocess"})
+
+    def __init__(self, path: str | Path, *, busy_timeout_s: float = 30.0, synchronous: str = "NORMAL") -> None:
+        self.path = Path(path)
+        self.url = f"sqlite:///{self.path}"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        with self._errors():
+            self._conn = sqlite3.connect(
+                str(self.path), timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+            )
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+            # NORMAL in WAL mode: a commit survives a process crash; FULL also survives power loss
+            self._conn.execute(f"PRAGMA synchronous={synchronous}")
+            self._migrate()
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.url}: {exc}") from exc
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken up front so concurrent writers queue on busy_timeout."""
+        with self._lock, self._errors():
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        with self._tx() as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS sil_schema_version (version INTEGER NOT NULL)")
+            row = conn.execute("SELECT version FROM sil_schema_version").fetchone()
+            current = row[0] if row else 0
+            for number, script in enumerate(MIGRATIONS[current:], start=current + 1):
+                for statement in filter(str.strip, script.split(";")):
+                    conn.execute(statement)
+                if row is None:
+                    conn.execute("INSERT INTO sil_schema_version VALUES (?)", (number,))
+                    row = (number,)
+                else:
+                    conn.execute("UPDATE sil_schema_version SET version = ?", (number,))
+
+    # -- writes ----------------------------------------------------------------------------
+    def write(self, calls: Sequence[CallRecord], feedback: Sequence[Feedback] = ()) -> None:
+        if not calls and not feedback:
+            return
+        with self._tx() as conn:
+            fresh = self._new_calls(conn, calls)
+            if fresh:
+                conn.executemany(_INSERT_CALL, [record_to_row(r) for r in fresh])
+            deltas = cells_for(fresh)
+            for fb in feedback:
+                row = conn.execute(_SELECT_CALL + " WHERE id = ?", (fb.call_id,)).fetchone()
+                if row is None:
+                    continue
+                old = row_to_record(row)
+                new = apply_feedback(old, fb)
+                conn.execute(
+                    "UPDATE sil_calls SET feedback_success = ?, feedback_score = ? WHERE id = ?",
+                    (None if new.feedback_success is None else int(new.feedback_success), new.feedback_score, fb.call_id),
+                )
+                for key, cell in feedback_delta(old, new).items():
+                    if key in deltas:
+                        deltas[key].add(cell)
+                    else:
+                        deltas[key] = cell
+            self._upsert_cells(conn, deltas)
+
+    @staticmethod
+    def _new_calls(conn: sqlite3.Connection, calls: Sequence[CallRecord]) -> list[CallRecord]:
+        """The calls of a batch not stored yet (a retried batch must not count twice)."""
+        unique = list({r.id: r for r in calls}.values())
+        existing: set[str] = set()
+        for i in range(0, len(unique), 500):
+            chunk = [r.id for r in unique[i : i + 500]]
+            existing.update(row[0] for row in conn.execute(
+                f"SELECT id FROM sil_calls WHERE id IN ({', '.join('?' for _ in chunk)})", chunk
+            ))
+        return [r for r in unique if r.id not in existing] if existing else unique
+
+    @staticmethod
+    def _upsert_cells(conn: sqlite3.Connection, deltas: dict[CellKey, Cell]) -> None:
+        if not deltas:
+            return
+        conn.executemany(_CELL_UPSERT, [(*key, *cell.values()) for key, cell in deltas.items()])
+        hist_rows = [(*key, b, n) for key, cell in deltas.items() for b, n in cell.hist.items() if n]
+        if hist_rows:
+            conn.executemany(_HIST_UPSERT, hist_rows)
+
+    # -- reads -----------------------------------------------------------------------------
+    def _query(self, sql: str, params: Sequence = ()) -> list:
+        with self._lock, self._errors():
+            return self._conn.execute(sql, params).fetchall()
+
+    def cells(self, target: str, *, version: str | None = None, since_hour: int | None = None) -> dict[tuple[str, str], Cell]:
+        where, params = "target = ?", [target]
+        if version is not None:
+            where += " AND version = ?"
+            params.append(version)
+        if since_hour is None:
+            where += " AND hour = ?"
+            params.append(ALL_TIME)
+        else:
+            where += " AND hour >= ?"
+            params.append(since_hour)
+        sums = ", ".join(f"SUM({f})" for f in FIELDS)
+        out: dict[tuple[str, str], Cell] = {}
+        for row in self._query(f"SELECT version, arm, {sums} FROM sil_cells WHERE {where} GROUP BY version, arm", params):
+            out[(row[0], row[1])] = Cell.from_values(row[2:])
+        for v, a, b, n in self._query(
+            f"SELECT version, arm, bin, SUM(n) FROM sil_hist WHERE {where} GROUP BY version, arm, bin", params
+        ):
+            if n and (v, a) in out:
+                out[(v, a)].hist[b] = n
+        return out
+
+    def read_calls(self, target=None, *, since=None, until=None, version=None, limit=1000) -> list[CallRecord]:
+        clauses, params = [], []
+        for clause, value in (("target = ?", target), ("ts >= ?", since), ("ts < ?", until), ("version = ?", version)):
+            if value is not None:
+                clauses.append(clause)
+                params.append(value)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._query(f"{_SELECT_CALL}{where} ORDER BY ts DESC, id DESC LIMIT ?", [*params, int(limit)])
+        return [row_to_record(r) for r in reversed(rows)]
+
+    def get_call(self, call_id: str) -> CallRecord | None:
+        rows = self._query(_SELECT_CALL + " WHERE id = ?", (call_id,))
+        return row_to_record(rows[0]) if rows else None
+
+    def targets(self) -> list[str]:
+        return [r[0] for r in self._query("SELECT DISTINCT target FROM sil_cells WHERE hour = ? ORDER BY target", (ALL_TIME,))]
+
+    def count_calls(self, target: str | None = None) -> int:
+        if target is None:
+            return self._query("SELECT COUNT(*) FROM sil_calls")[0][0]
+        return self._query("SELECT COUNT(*) FROM sil_calls WHERE target = ?", (target,))[0][0]
+
+    def retain(self, *, max_age_s: float | None = None, max_calls: int | None = None, now: float | None = None) -> int:
+        """Delete raw records older than ``max_age_s`` (and hourly cells older than that
+        hour) and records beyond the newest ``max_calls`` per target. All-time cells stay."""
+        now = time.time() if now is None else now
+        removed = 0
+        with self._tx() as conn:
+            if max_age_s is not None:
+                cutoff = now - max_age_s
+                removed += conn.execute("DELETE FROM sil_calls WHERE ts < ?", (cutoff,)).rowcount
+                hour = int(cutoff // BUCKET_S)
+                conn.execute("DELETE FROM sil_cells WHERE hour <> ? AND hour < ?", (ALL_TIME, hour))
+                conn.execute("DELETE FROM sil_hist WHERE hour <> ? AND hour < ?", (ALL_TIME, hour))
+            if max_calls is not None:
+                removed += conn.execute(
+                    "DELETE FROM sil_calls WHERE rowid IN (SELECT rowid FROM (SELECT rowid, ROW_NUMBER() OVER "
+                    "(PARTITION BY target ORDER BY ts DESC, id DESC) AS rn FROM sil_calls) WHERE rn > ?)",
+                    (max(0, int(max_calls)),),
+                ).rowcount
+        return removed
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                self._conn.close()
+            except sqlite3.Error:
+                pass
