@@ -8,6 +8,7 @@ processes on one host may share a file.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -91,15 +92,30 @@ class SqliteStore(Store):
         self.url = f"sqlite:///{self.path}"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._busy_timeout_s = busy_timeout_s
+        self._synchronous = synchronous
+        self._connect()
+        self._migrate()
+
+    def _connect(self) -> None:
         with self._errors():
-            self._conn = sqlite3.connect(
-                str(self.path), timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+            conn = sqlite3.connect(
+                str(self.path), timeout=self._busy_timeout_s, isolation_level=None, check_same_thread=False
             )
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_s * 1000)}")
             # NORMAL in WAL mode: a commit survives a process crash; FULL also survives power loss
-            self._conn.execute(f"PRAGMA synchronous={synchronous}")
-            self._migrate()
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        self._conn = conn
+        self._pid = os.getpid()
+
+    def _connection(self) -> sqlite3.Connection:
+        """This process's connection: a forked child opens its own (SQLite connections
+        must not cross a fork)."""
+        if self._pid != os.getpid():
+            self._lock = threading.Lock()
+            self._connect()
+        return self._conn
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
@@ -111,8 +127,8 @@ class SqliteStore(Store):
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         """One write transaction, taken up front so concurrent writers queue on busy_timeout."""
+        conn = self._connection()
         with self._lock, self._errors():
-            conn = self._conn
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
@@ -184,8 +200,9 @@ class SqliteStore(Store):
 
     # -- reads -----------------------------------------------------------------------------
     def _query(self, sql: str, params: Sequence = ()) -> list:
+        conn = self._connection()
         with self._lock, self._errors():
-            return self._conn.execute(sql, params).fetchall()
+            return conn.execute(sql, params).fetchall()
 
     def cells(self, target: str, *, version: str | None = None, since_hour: int | None = None) -> dict[tuple[str, str], Cell]:
         where, params = "target = ?", [target]
