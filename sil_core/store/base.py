@@ -9,7 +9,7 @@ One contract test suite (``tests/store/test_contract.py``) runs against every ba
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from ..aggregates import ALL_TIME, BUCKET_S, Cell, Stats, merge
 from ..records import CallRecord, Feedback
@@ -75,6 +75,35 @@ class Store(ABC):
     @abstractmethod
     def count_calls(self, target: str | None = None) -> int:
         """How many raw records the store holds (after retention), for one or all targets."""
+
+    # -- state rows: versions, changes, target heads ---------------------------------------
+    @abstractmethod
+    def kv_get(self, kind: str, key: str) -> tuple[dict[str, Any], int] | None:
+        """``(value, rev)`` of a state row, or ``None``. ``kind`` is a namespace
+        (``"version"``, ``"change"``, ``"head"``); ``rev`` counts the row's writes."""
+
+    @abstractmethod
+    def kv_put(self, kind: str, key: str, value: dict[str, Any], *, expect_rev: int | None) -> int | None:
+        """Compare-and-set: write ``value`` if the row's rev is ``expect_rev`` (0: the row
+        must not exist; ``None``: unconditionally). Returns the new rev, or ``None`` when
+        another writer got there first. This is how exactly one worker acts on a verdict."""
+
+    @abstractmethod
+    def kv_list(self, kind: str) -> list[tuple[str, dict[str, Any], int]]:
+        """Every ``(key, value, rev)`` of a namespace, ordered by key."""
+
+    # -- the trail --------------------------------------------------------------------------
+    @abstractmethod
+    def trail_append(self, build: Callable[[dict[str, Any] | None], dict[str, Any]]) -> dict[str, Any]:
+        """Append one event atomically: ``build(last_event_or_None)`` returns the new event
+        (it must carry ``seq``, ``target`` and ``hash``), computed while no other writer of
+        any process can append. In the same atomic step the state row ``("trail", "head")``
+        becomes ``{"seq", "hash"}`` of the new event with rev = seq (the anchor that shows a
+        truncated trail). Returns the stored event."""
+
+    @abstractmethod
+    def trail_read(self, *, target: str | None = None, after_seq: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
+        """Events in ``seq`` order (optionally one target's, after a sequence number)."""
 
     def close(self) -> None:
         """Release connections and files. A closed store must not be used again."""

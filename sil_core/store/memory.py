@@ -6,6 +6,7 @@ Raw records are kept in a bounded, insertion-ordered map (oldest evicted first,
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections import OrderedDict
 from dataclasses import replace
@@ -30,6 +31,8 @@ class MemoryStore(Store):
         self._calls: OrderedDict[str, CallRecord] = OrderedDict()
         self._table = CellTable()
         self._lock = threading.Lock()
+        self._kv: dict[tuple[str, str], tuple[dict, int]] = {}
+        self._trail: list[dict] = []
 
     def write(self, calls: Sequence[CallRecord], feedback: Sequence[Feedback] = ()) -> None:
         with self._lock:
@@ -69,6 +72,36 @@ class MemoryStore(Store):
             if target is None:
                 return len(self._calls)
             return sum(1 for r in self._calls.values() if r.target == target)
+
+    def kv_get(self, kind: str, key: str):
+        with self._lock:
+            row = self._kv.get((kind, key))
+        return None if row is None else (copy.deepcopy(row[0]), row[1])
+
+    def kv_put(self, kind: str, key: str, value: dict, *, expect_rev: int | None) -> int | None:
+        with self._lock:
+            rev = self._kv.get((kind, key), (None, 0))[1]
+            if expect_rev is not None and rev != expect_rev:
+                return None
+            self._kv[(kind, key)] = (copy.deepcopy(value), rev + 1)
+            return rev + 1
+
+    def kv_list(self, kind: str):
+        with self._lock:
+            rows = [(k, copy.deepcopy(v), r) for (kd, k), (v, r) in self._kv.items() if kd == kind]
+        return sorted(rows, key=lambda row: row[0])
+
+    def trail_append(self, build):
+        with self._lock:
+            event = build(copy.deepcopy(self._trail[-1]) if self._trail else None)
+            self._trail.append(copy.deepcopy(event))
+            self._kv[("trail", "head")] = ({"seq": event["seq"], "hash": event["hash"]}, event["seq"])
+            return event
+
+    def trail_read(self, *, target=None, after_seq=0, limit=None):
+        with self._lock:
+            rows = [copy.deepcopy(e) for e in self._trail if e["seq"] > after_seq and (target is None or e.get("target") == target)]
+        return rows[:limit] if limit is not None else rows
 
     def retain(self, *, max_age_s: float | None = None, max_calls: int | None = None, now: float | None = None) -> int:
         """Drop records older than ``max_age_s`` and beyond the newest ``max_calls`` per target."""

@@ -13,6 +13,12 @@ and adds the difference it makes; all cell increments are then upserted in key o
 increments nor deadlock. Reads of statistics sum cells with ``GROUP BY``; they never touch
 the raw records.
 
+State rows (``sil_state``) are compare-and-set in a single statement each: ``INSERT ... ON
+CONFLICT DO NOTHING`` creates, ``UPDATE ... WHERE rev = N`` updates, and the row-count says
+who won, so exactly one of any number of writers on any number of hosts does. Trail
+appends (``sil_trail``) queue on a transaction-level advisory lock per schema, read the
+last event, insert the new one and move the ``("trail", "head")`` row in one transaction.
+
 One connection per store instance, shared by its threads under a lock; a connection that
 was lost is replaced once, transparently (writes are idempotent, so a batch whose commit
 was cut off may safely run again). psycopg is imported only when a store is opened.
@@ -20,6 +26,7 @@ was cut off may safely run again). psycopg is imported only when a store is open
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -40,6 +47,8 @@ T = TypeVar("T")
 DEFAULT_SCHEMA = "public"
 #: first key of the two-part advisory lock taken while migrating ("SIL\0")
 _LOCK_CLASS = 0x53494C00
+#: first key of the two-part advisory lock that serialises trail appenders ("SIL\1")
+_TRAIL_LOCK_CLASS = 0x53494C01
 #: how often a write is retried after a deadlock or serialization failure
 _CONFLICT_RETRIES = 3
 
@@ -96,7 +105,7 @@ MIGRATIONS: tuple[str, ...] = (
         score_n bigint NOT NULL DEFAULT 0,
         score_sum double precision NOT NULL DEFAULT 0,
         score_sumsq double precision NOT NULL DEFAULT 0,
-        PRIMARY KEY (target, version, arm, hour)
+        PRIMARY KEY (target, hour, version, arm)
     );
     CREATE TABLE IF NOT EXISTS {schema}.sil_hist (
         target text NOT NULL,
@@ -105,8 +114,24 @@ MIGRATIONS: tuple[str, ...] = (
         hour bigint NOT NULL,
         bin integer NOT NULL,
         n bigint NOT NULL,
-        PRIMARY KEY (target, version, arm, hour, bin)
+        PRIMARY KEY (target, hour, version, arm, bin)
     )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS {schema}.sil_state (
+        kind text NOT NULL,
+        key text NOT NULL,
+        value text NOT NULL,
+        rev bigint NOT NULL,
+        PRIMARY KEY (kind, key)
+    );
+    CREATE TABLE IF NOT EXISTS {schema}.sil_trail (
+        seq bigint PRIMARY KEY,
+        target text,
+        hash text NOT NULL,
+        event text NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS sil_trail_target ON {schema}.sil_trail (target, seq)
     """,
 )
 
@@ -251,6 +276,28 @@ class _Sql:
         self.hist_table = f"{s}.sil_hist"
         self.calls_table = f"{s}.sil_calls"
         self.version_table = f"{s}.sil_schema_version"
+        self.state_table = f"{s}.sil_state"
+        self.trail_table = f"{s}.sil_trail"
+        self.kv_get = f"SELECT value, rev FROM {s}.sil_state WHERE kind = %s AND key = %s"
+        self.kv_create = (
+            f"INSERT INTO {s}.sil_state (kind, key, value, rev) VALUES (%s, %s, %s, 1) "
+            f"ON CONFLICT (kind, key) DO NOTHING"
+        )
+        self.kv_update = (
+            f"UPDATE {s}.sil_state SET value = %s, rev = rev + 1 WHERE kind = %s AND key = %s AND rev = %s"
+        )
+        self.kv_upsert = (
+            f"INSERT INTO {s}.sil_state AS st (kind, key, value, rev) VALUES (%s, %s, %s, 1) "
+            f"ON CONFLICT (kind, key) DO UPDATE SET value = EXCLUDED.value, rev = st.rev + 1 RETURNING rev"
+        )
+        self.kv_list = f'SELECT key, value, rev FROM {s}.sil_state WHERE kind = %s ORDER BY key COLLATE "C"'
+        self.trail_last = f"SELECT event FROM {s}.sil_trail ORDER BY seq DESC LIMIT 2"
+        self.trail_insert = f"INSERT INTO {s}.sil_trail (seq, target, hash, event) VALUES (%s, %s, %s, %s)"
+        self.trail_head = (
+            f"INSERT INTO {s}.sil_state (kind, key, value, rev) VALUES ('trail', 'head', %s, %s) "
+            f"ON CONFLICT (kind, key) DO UPDATE SET value = EXCLUDED.value, rev = EXCLUDED.rev"
+        )
+        self.trail_read = f"SELECT event FROM {s}.sil_trail WHERE seq > %s"
 
 
 class PostgresStore(Store):
@@ -491,6 +538,75 @@ class PostgresStore(Store):
             "count_calls", f"SELECT count(*) FROM {self._sql.calls_table} WHERE target = %s", (_clean(target),)
         )[0][0]
 
+    # -- state rows ------------------------------------------------------------------------
+    def kv_get(self, kind: str, key: str) -> tuple[dict[str, Any], int] | None:
+        rows = self._query("kv_get", self._sql.kv_get, (_clean(kind), _clean(key)))
+        return (json.loads(rows[0][0]), int(rows[0][1])) if rows else None
+
+    def kv_put(self, kind: str, key: str, value: dict[str, Any], *, expect_rev: int | None) -> int | None:
+        """Compare-and-set in one statement (row locks make it safe across hosts): create
+        with ``INSERT ... ON CONFLICT DO NOTHING``, update with ``UPDATE ... WHERE rev = N``.
+
+        After a lost connection the statement runs once more; if the first attempt had
+        committed, the retry reports ``None`` (lost) -- never a false win."""
+        sql = self._sql
+        kind, key, text = _clean(kind), _clean(key), _dump(value)
+
+        def run(conn: Any) -> int | None:
+            if expect_rev is None:
+                return int(conn.execute(sql.kv_upsert, (kind, key, text)).fetchone()[0])
+            if expect_rev == 0:
+                return 1 if conn.execute(sql.kv_create, (kind, key, text)).rowcount == 1 else None
+            rev = int(expect_rev)
+            return rev + 1 if conn.execute(sql.kv_update, (text, kind, key, rev)).rowcount == 1 else None
+
+        return self._run("kv_put", run)
+
+    def kv_list(self, kind: str) -> list[tuple[str, dict[str, Any], int]]:
+        rows = self._query("kv_list", self._sql.kv_list, (_clean(kind),))
+        return [(k, json.loads(v), int(r)) for k, v, r in rows]
+
+    # -- the trail --------------------------------------------------------------------------
+    def trail_append(self, build: Callable[[dict[str, Any] | None], dict[str, Any]]) -> dict[str, Any]:
+        """One transaction under a transaction-level advisory lock (one per schema), so
+        appenders of every process and host queue; the head row is set in the same
+        transaction. If the connection was lost at commit and the append runs again, an
+        event that did commit is recognised (``build`` of its predecessor gives the same
+        event) and returned instead of being appended twice."""
+        sql = self._sql
+        attempts = 0
+
+        def run(conn: Any) -> dict[str, Any]:
+            nonlocal attempts
+            attempts += 1
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_TRAIL_LOCK_CLASS, self.schema))
+                rows = [json.loads(r[0]) for r in conn.execute(sql.trail_last).fetchall()]
+                last = rows[0] if rows else None
+                if attempts > 1 and last is not None and build(rows[1] if len(rows) > 1 else None) == last:
+                    return last  # the earlier attempt committed
+                event = build(last)
+                conn.execute(sql.trail_insert, (
+                    int(event["seq"]), _clean(event.get("target")), _clean(event["hash"]), _dump(event),
+                ))
+                conn.execute(sql.trail_head, (_dump({"seq": event["seq"], "hash": event["hash"]}), int(event["seq"])))
+            return event
+
+        return self._run("trail_append", run)
+
+    def trail_read(self, *, target: str | None = None, after_seq: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
+        query, params = self._sql.trail_read, [int(after_seq)]
+        if target is not None:
+            query += " AND target = %s"
+            params.append(_clean(target))
+        query += " ORDER BY seq"
+        if limit is not None:
+            if limit <= 0:
+                return []
+            query += " LIMIT %s"
+            params.append(int(limit))
+        return [json.loads(r[0]) for r in self._query("trail_read", query, params)]
+
     def retain(self, *, max_age_s: float | None = None, max_calls: int | None = None, now: float | None = None) -> int:
         """Delete raw records older than ``max_age_s`` (and hourly cells older than that
         hour) and records beyond the newest ``max_calls`` per target. All-time cells stay.
@@ -526,6 +642,11 @@ class PostgresStore(Store):
                 _INHERITED.append(self._conn)
                 self._conn = None
             self._discard()
+
+
+def _dump(value: Any) -> str:
+    """JSON text of a state value or an event (ASCII: no NUL or lone surrogate reaches the server)."""
+    return json.dumps(value, sort_keys=True)
 
 
 def _merge(into: dict[CellKey, Cell], deltas: dict[CellKey, Cell]) -> None:

@@ -8,6 +8,7 @@ processes on one host may share a file.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
@@ -56,13 +57,21 @@ MIGRATIONS = (
     CREATE TABLE sil_cells (
         target TEXT NOT NULL, version TEXT NOT NULL, arm TEXT NOT NULL, hour INTEGER NOT NULL,
         {", ".join(f"{f} {'REAL' if f.startswith(('lat_sum', 'score_sum')) else 'INTEGER'} NOT NULL DEFAULT 0" for f in FIELDS)},
-        PRIMARY KEY (target, version, arm, hour)
+        PRIMARY KEY (target, hour, version, arm)
     );
     CREATE TABLE sil_hist (
         target TEXT NOT NULL, version TEXT NOT NULL, arm TEXT NOT NULL, hour INTEGER NOT NULL,
         bin INTEGER NOT NULL, n INTEGER NOT NULL,
-        PRIMARY KEY (target, version, arm, hour, bin)
+        PRIMARY KEY (target, hour, version, arm, bin)
     );
+    CREATE TABLE sil_state (
+        kind TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, rev INTEGER NOT NULL,
+        PRIMARY KEY (kind, key)
+    );
+    CREATE TABLE sil_trail (
+        seq INTEGER PRIMARY KEY, target TEXT, hash TEXT NOT NULL, event TEXT NOT NULL
+    );
+    CREATE INDEX sil_trail_target ON sil_trail (target, seq);
     """,
 )
 
@@ -247,6 +256,52 @@ class SqliteStore(Store):
         if target is None:
             return self._query("SELECT COUNT(*) FROM sil_calls")[0][0]
         return self._query("SELECT COUNT(*) FROM sil_calls WHERE target = ?", (target,))[0][0]
+
+    def kv_get(self, kind: str, key: str):
+        rows = self._query("SELECT value, rev FROM sil_state WHERE kind = ? AND key = ?", (kind, key))
+        return (json.loads(rows[0][0]), rows[0][1]) if rows else None
+
+    def kv_put(self, kind: str, key: str, value: dict, *, expect_rev: int | None) -> int | None:
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"))
+        with self._tx() as conn:
+            row = conn.execute("SELECT rev FROM sil_state WHERE kind = ? AND key = ?", (kind, key)).fetchone()
+            rev = row[0] if row else 0
+            if expect_rev is not None and rev != expect_rev:
+                return None
+            conn.execute(
+                "INSERT INTO sil_state (kind, key, value, rev) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (kind, key) DO UPDATE SET value = excluded.value, rev = excluded.rev",
+                (kind, key, text, rev + 1),
+            )
+            return rev + 1
+
+    def kv_list(self, kind: str):
+        rows = self._query("SELECT key, value, rev FROM sil_state WHERE kind = ? ORDER BY key", (kind,))
+        return [(k, json.loads(v), r) for k, v, r in rows]
+
+    def trail_append(self, build):
+        with self._tx() as conn:
+            row = conn.execute("SELECT event FROM sil_trail ORDER BY seq DESC LIMIT 1").fetchone()
+            event = build(json.loads(row[0]) if row else None)
+            conn.execute("INSERT INTO sil_trail (seq, target, hash, event) VALUES (?, ?, ?, ?)",
+                         (event["seq"], event.get("target"), event["hash"], json.dumps(event, sort_keys=True)))
+            conn.execute(  # the head anchor, in the same transaction: a truncated trail shows
+                "INSERT INTO sil_state (kind, key, value, rev) VALUES ('trail', 'head', ?, ?) "
+                "ON CONFLICT (kind, key) DO UPDATE SET value = excluded.value, rev = excluded.rev",
+                (json.dumps({"seq": event["seq"], "hash": event["hash"]}), event["seq"]),
+            )
+            return event
+
+    def trail_read(self, *, target=None, after_seq=0, limit=None):
+        sql, params = "SELECT event FROM sil_trail WHERE seq > ?", [after_seq]
+        if target is not None:
+            sql += " AND target = ?"
+            params.append(target)
+        sql += " ORDER BY seq"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(int(limit))
+        return [json.loads(r[0]) for r in self._query(sql, params)]
 
     def retain(self, *, max_age_s: float | None = None, max_calls: int | None = None, now: float | None = None) -> int:
         """Delete raw records older than ``max_age_s`` (and hourly cells older than that

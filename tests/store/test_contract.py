@@ -11,7 +11,7 @@ from sil_core.aggregates import BUCKET_S
 from sil_core.records import CallRecord, Feedback, Outcome
 from sil_core.store import open_store
 
-NOW = 1_800_000_000.0  # a fixed UTC instant, mid-hour
+NOW = (time.time() // 3600 - 1) * 3600 + 1800.0  # the middle of the last hour (within every retention)
 
 
 def rec(i: int, target: str = "agent", *, ok: bool = True, ts: float = NOW, duration: float = 0.1,

@@ -1,5 +1,6 @@
 """The JSONL backend beyond the contract: file layout, torn and corrupt lines, rotation,
-compaction, feedback across handles, and many processes writing at once."""
+compaction, pruning of old hourly cells, feedback across handles, and many processes
+writing at once."""
 
 from __future__ import annotations
 
@@ -10,15 +11,20 @@ import os
 import re
 import sys
 import threading
+import time
 
 import pytest
 
 from sil_core.errors import ConfigError, StoreError
 from sil_core.records import CallRecord, Feedback, Outcome
+from sil_core.aggregates import ALL_TIME, BUCKET_S
 from sil_core.store import open_store
+from sil_core.store._table import CellTable
 from sil_core.store.jsonl import JsonlStore
 
-NOW = 1_800_000_000.0
+# mid-hour, by the wall clock: hourly cells older than cell_retention_hours are pruned
+NOW = float(int(time.time()) // BUCKET_S * BUCKET_S + BUCKET_S // 2)
+DAY = 86400
 
 
 def rec(i: int, target: str = "agent", *, ts: float | None = None, ok: bool = True, msg: str | None = None) -> CallRecord:
@@ -63,7 +69,10 @@ def test_open_store_url_and_file_layout(tmp_path):
 
 
 @pytest.mark.parametrize("options", [{"max_bytes": 0}, {"max_bytes": -5}, {"max_bytes": 1.5},
-                                     {"max_archives": 0}, {"max_archives": -1}])
+                                     {"max_archives": 0}, {"max_archives": -1},
+                                     {"cell_retention_hours": 0}, {"cell_retention_hours": -1.0},
+                                     {"cell_retention_hours": float("nan")}, {"cell_retention_hours": float("inf")},
+                                     {"cell_retention_hours": True}, {"cell_retention_hours": "192"}])
 def test_bad_limits_raise_config_error(tmp_path, options):
     with pytest.raises(ConfigError):
         JsonlStore(tmp_path, **options)
@@ -339,6 +348,100 @@ def test_retain_prunes_old_hourly_cells_but_not_all_time(store):
     assert store.stats("agent", since=NOW - 60 * 86400).n == 1
 
 
+# -- pruning of old hourly cells ---------------------------------------------------------
+def hours_on_disk(store: JsonlStore) -> set[int]:
+    return {row[3] for row in json.loads(store.aggregates_path.read_text())["cells"] if row[3] != ALL_TIME}
+
+
+def test_hourly_cells_past_the_retention_are_pruned_on_write(tmp_path):
+    now = time.time()
+    old = [rec(i, ts=now - 10 * DAY - i * 3600, ok=i % 2 == 0) for i in range(5)]
+    recent = [rec(10 + i, ts=now - i * 3600) for i in range(3)]
+    keep = JsonlStore(tmp_path / "keep", fsync=False, cell_retention_hours=None)
+    pruned = JsonlStore(tmp_path / "pruned", fsync=False)  # 8 days by default
+    try:
+        for s in (keep, pruned):
+            s.write(old + recent)
+        cutoff = int((now - 8 * DAY) // BUCKET_S)
+        assert min(hours_on_disk(keep)) < cutoff
+        assert min(hours_on_disk(pruned)) >= cutoff and len(hours_on_disk(pruned)) == 3
+        # all-time cells are kept: whole-history statistics are unchanged
+        assert pruned.stats("agent") == keep.stats("agent")
+        assert (pruned.stats("agent").n, pruned.stats("agent").failures) == (8, 2)
+        # recent windows are unaffected
+        recent_hour = int((now - 3 * 3600) // BUCKET_S)
+        assert pruned.cells("agent", since_hour=recent_hour) == keep.cells("agent", since_hour=recent_hour)
+        assert sum(c.n for c in pruned.cells("agent", since_hour=recent_hour).values()) == 3
+        # a window reaching back past the retention sees only what is left; raw records stay
+        assert pruned.stats("agent", since=now - 30 * DAY).n == 3 and keep.stats("agent", since=now - 30 * DAY).n == 8
+        assert pruned.count_calls() == 8
+        # feedback on a call whose hour is gone still counts in the all-time cell
+        for s in (keep, pruned):
+            s.write([], [Feedback("agent-1", success=True)])
+        assert pruned.stats("agent") == keep.stats("agent")
+        assert min(hours_on_disk(pruned)) >= cutoff
+    finally:
+        keep.close()
+        pruned.close()
+
+
+def test_pruning_scans_the_table_once_per_hour_not_per_batch(path, monkeypatch):
+    from sil_core.store import jsonl
+
+    clock = [NOW]
+    monkeypatch.setattr(jsonl.time, "time", lambda: clock[0])
+    scans = []
+    real = CellTable.prune_hours
+    monkeypatch.setattr(CellTable, "prune_hours", lambda self, before: scans.append(before) or real(self, before))
+    s = JsonlStore(path, fsync=False, cell_retention_hours=24)
+    try:
+        aging = int((NOW - 23.5 * 3600) // BUCKET_S)
+        s.write([rec(1, ts=NOW - 23.5 * 3600)])  # inside the retention, for now
+        for i in range(5):
+            s.write([rec(10 + i)], [Feedback("agent-1", success=False)] if i == 2 else [])
+        assert len(scans) == 1  # the first write; later batches look at their own cells only
+        assert aging in hours_on_disk(s)
+        clock[0] += 2 * 3600  # agent-1's hour is now past the retention
+        s.write([rec(20, ts=clock[0])])
+        assert len(scans) == 2 and aging not in hours_on_disk(s)
+        # a call already past the retention: counted all-time, its hour never stored, no scan
+        s.write([rec(21, ts=clock[0] - 3 * DAY)])
+        assert len(scans) == 2 and min(hours_on_disk(s)) >= int((clock[0] - DAY) // BUCKET_S)
+        st = s.stats("agent")
+        assert (st.n, st.failures) == (8, 1)
+    finally:
+        s.close()
+
+
+def test_a_dead_writers_old_cells_are_pruned_when_recovered(store):
+    store.write([rec(1)])
+    for i, feedback in ((2, [Feedback("agent-3", success=False)]), (4, [Feedback("nope", success=False)])):
+        with open(store.calls_path, "a", encoding="utf-8") as f:  # a writer killed before its aggregates update
+            f.write(json.dumps(rec(i, ts=NOW - 20 * DAY).to_dict()) + "\n")
+        store.write([rec(3)] if i == 2 else [], feedback)  # the second batch appends nothing
+        assert hours_on_disk(store) == {int(NOW // BUCKET_S)}
+    st = store.stats("agent")
+    assert (st.n, st.failures) == (4, 1)
+
+
+def test_a_table_saved_by_another_handle_is_pruned_by_the_next_write(path):
+    keeper = JsonlStore(path, fsync=False, cell_retention_hours=None)
+    try:
+        keeper.write([rec(1, ts=time.time() - 20 * DAY)])
+        assert len(hours_on_disk(keeper)) == 1
+        pruner = JsonlStore(path, fsync=False)
+        try:
+            t = time.time()
+            pruner.write([rec(2, ts=t)])
+            assert hours_on_disk(pruner) == {int(t // BUCKET_S)}
+            assert pruner.stats("agent").n == 2
+        finally:
+            pruner.close()
+        assert keeper.stats("agent").n == 2 and keeper.stats("agent", since=time.time() - 30 * DAY).n == 1
+    finally:
+        keeper.close()
+
+
 # -- concurrency ---------------------------------------------------------------------------
 PROCS, THREADS, PER_THREAD, FEEDBACK_EVERY = 4, 2, 2000, 100
 
@@ -435,5 +538,186 @@ def test_rotation_under_concurrent_writers(path):
                 ids += [json.loads(line)["id"] for line in f]
         assert len(ids) == len(set(ids)) == 600
         assert sum(store.stats(f"t{t}").n for t in range(4)) == 600
+    finally:
+        store.close()
+
+
+# -- state rows and the trail ----------------------------------------------------------------
+def test_state_and_trail_files_are_human_readable(path, store):
+    from sil_core.trail import append_event, verify_trail
+
+    store.write([rec(1)])
+    assert not store.state_path.exists() and not store.trail_path.exists()  # created on first use
+    assert store.kv_put("change", "c1", {"state": "proposed", "note": "ünï ✓"}, expect_rev=0) == 1
+    assert store.kv_put("change", "c1", {"state": "canary", "note": "ünï ✓"}, expect_rev=1) == 2
+    first = append_event(store, "change_proposed", "agent", change_id="c1", note="ünï ✓")
+    second = append_event(store, "paused", None, actor="ops")
+    assert sorted(p.name for p in path.iterdir()) == [
+        ".lock", "aggregates.json", "calls.jsonl", "state.json", "trail.jsonl"]
+    text = store.state_path.read_text(encoding="utf-8")
+    assert "ünï ✓" in text and len(text.splitlines()) > 5  # indented, not escaped
+    assert json.loads(text) == {
+        "change": {"c1": {"value": {"state": "canary", "note": "ünï ✓"}, "rev": 2}},
+        "trail": {"head": {"value": {"seq": 2, "hash": second["hash"]}, "rev": 2}},
+    }
+    raw = store.trail_path.read_text(encoding="utf-8")
+    assert raw.endswith("\n") and "ünï ✓" in raw
+    assert [json.loads(line) for line in raw.splitlines()] == [first, second]
+    assert all(list(json.loads(line)) == sorted(json.loads(line)) for line in raw.splitlines())
+    assert verify_trail(store).ok
+
+
+def test_a_torn_trail_line_is_reported_and_never_glued(path, store):
+    from sil_core.trail import append_event, verify_trail
+
+    e1, e2 = append_event(store, "paused", "t"), append_event(store, "resumed", "t")
+    with open(store.trail_path, "ab") as f:
+        f.write(b'{"seq": 3, "type": "verd')  # a crash mid-append: the head still says seq 2
+    other = JsonlStore(path, fsync=False)  # a fresh process's view
+    try:
+        assert other.trail_read() == [e1, e2, {"seq": None, "corrupt": '{"seq": 3, "type": "verd'}]
+        assert other.trail_read(target="t") == [e1, e2]
+        report = verify_trail(other)
+        assert not report.ok and any("seq None" in p for p in report.problems)
+        e3 = append_event(other, "verdict", "t")  # builds on the last complete event
+    finally:
+        other.close()
+    assert (e3["seq"], e3["prev_hash"]) == (3, e2["hash"])
+    raw = store.trail_path.read_text(encoding="utf-8").splitlines()
+    assert len(raw) == 4 and raw[2] == '{"seq": 3, "type": "verd'  # terminated, kept for inspection
+    assert json.loads(raw[3]) == e3  # the next append is intact
+    assert [e["seq"] for e in store.trail_read()] == [1, 2, None, 3]
+    assert [e["seq"] for e in store.trail_read(after_seq=2)] == [None, 3]
+    assert store.trail_read(after_seq=3) == []
+    assert store.kv_get("trail", "head") == ({"seq": 3, "hash": e3["hash"]}, 3)
+    report = verify_trail(store)  # reported, not raised and not hidden
+    assert not report.ok and report.head_seq == 3
+
+
+def test_an_edited_trail_line_surfaces_in_verification(store):
+    from sil_core.trail import append_event, verify_trail
+
+    for i in range(4):
+        append_event(store, "verdict", "t", i=i)
+    raw = store.trail_path.read_text(encoding="utf-8").splitlines()
+    raw[1] = raw[1][:-1]  # no longer JSON
+    raw[2] = "[1, 2]"  # JSON, but not an event
+    store.trail_path.write_text("\n".join(raw) + "\n", encoding="utf-8")
+    events = store.trail_read()
+    assert [e["seq"] for e in events] == [1, None, None, 4]
+    assert events[1] == {"seq": None, "corrupt": raw[1]} and events[2] == {"seq": None, "corrupt": "[1, 2]"}
+    assert [e["seq"] for e in store.trail_read(target="t")] == [1, 4]
+    assert [e["seq"] for e in store.trail_read(limit=2)] == [1, None]
+    report = verify_trail(store)
+    assert not report.ok and len(report.problems) >= 2
+
+
+def test_a_crash_between_append_and_head_update_shows_as_a_head_mismatch(store):
+    from sil_core.trail import append_event, event_hash, verify_trail
+
+    e1 = append_event(store, "paused", "t")
+    e2 = {"seq": 2, "target": "t", "type": "resumed", "prev_hash": e1["hash"]}
+    e2["hash"] = event_hash(e2)
+    with open(store.trail_path, "a", encoding="utf-8") as f:  # appended; the head never moved
+        f.write(json.dumps(e2, sort_keys=True) + "\n")
+    report = verify_trail(store)
+    assert report.problems == ["the head anchor says seq 1, the trail ends at seq 2 (truncated or rewritten)"]
+    append_event(store, "verdict", "t")  # the next append moves the head on past it
+    assert verify_trail(store).ok and [e["seq"] for e in store.trail_read()] == [1, 2, 3]
+
+
+def test_last_event_is_found_across_read_chunks(store, monkeypatch):
+    import sil_core.store._jsonl_format as fmt
+    from sil_core.trail import append_event, verify_trail
+
+    monkeypatch.setattr(fmt, "_TAIL_CHUNK", 7)  # every line spans several chunks
+    for i in range(3):
+        append_event(store, "verdict", "t", i=i, pad="x" * (i * 13))
+    with open(store.trail_path, "ab") as f:
+        f.write(b"\n{not json\n\n" + b"torn" * 5)
+    e4 = append_event(store, "verdict", "t", i=3)
+    assert e4["seq"] == 4 and e4["prev_hash"] == store.trail_read(target="t")[2]["hash"]
+    assert [e["seq"] for e in store.trail_read()] == [1, 2, 3, None, None, 4]
+    assert not verify_trail(store).ok
+
+
+def test_a_corrupt_state_file_raises_and_is_not_overwritten(store):
+    from sil_core.trail import append_event
+
+    store.kv_put("head", "t", {"v": 1}, expect_rev=0)
+    store.state_path.write_text('{"head": {"t": {"value": {"v": 1}, "rev": ', encoding="utf-8")
+    for act in (lambda: store.kv_get("head", "t"), lambda: store.kv_list("head"),
+                lambda: store.kv_put("head", "t", {"v": 2}, expect_rev=None),
+                lambda: append_event(store, "paused", "t")):
+        with pytest.raises(StoreError, match="state.json is corrupt"):
+            act()
+    assert store.state_path.read_text(encoding="utf-8").endswith('"rev": ')
+    assert not store.trail_path.exists()  # the append stopped before writing
+
+
+def test_a_value_json_cannot_hold_changes_nothing(store):
+    store.kv_put("head", "t", {"v": 1}, expect_rev=0)
+    before = store.state_path.read_bytes()
+    with pytest.raises(TypeError):
+        store.kv_put("head", "t", {"v": object()}, expect_rev=1)
+    assert store.state_path.read_bytes() == before and store.kv_get("head", "t") == ({"v": 1}, 1)
+
+
+def test_rotation_compaction_and_retention_leave_state_and_trail_alone(path):
+    from sil_core.trail import append_event, verify_trail
+
+    store = JsonlStore(path, max_bytes=2_000, fsync=False)
+    try:
+        store.kv_put("change", "c1", {"state": "canary"}, expect_rev=0)
+        append_event(store, "paused", "agent")
+        files = (store.state_path, store.trail_path)
+        before = [(p.read_bytes(), p.stat().st_ino) for p in files]
+        for i in range(40):
+            store.write([rec(i, ts=NOW - 40 * DAY if i % 2 else None)])
+        assert store.archives()
+        store.rotate(force=True)
+        store.write([rec(100), rec(101)])
+        assert store.compact(1) == 1
+        store.write([rec(102, ts=NOW - 40 * DAY)])
+        assert store.retain(max_age_s=DAY) == 1
+        store.rebuild_aggregates()
+        assert [(p.read_bytes(), p.stat().st_ino) for p in files] == before
+        assert store.kv_get("change", "c1") == ({"state": "canary"}, 1) and verify_trail(store).ok
+    finally:
+        store.close()
+
+
+def _append_trail(directory: str, proc: int, count: int) -> None:
+    from sil_core.trail import append_event
+
+    store = JsonlStore(directory)  # fsync on, as in production
+    try:
+        for i in range(count):
+            append_event(store, "verdict", f"t{proc}", proc=proc, i=i)
+    finally:
+        store.close()
+
+
+def test_processes_append_one_verified_trail(path):
+    from sil_core.trail import verify_trail
+
+    procs_n, per_proc = 4, 50
+    JsonlStore(path).close()
+    procs = [_context().Process(target=_append_trail, args=(str(path), p, per_proc)) for p in range(procs_n)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0] * procs_n
+    store = JsonlStore(path)
+    try:
+        events = store.trail_read()
+        assert [e["seq"] for e in events] == list(range(1, procs_n * per_proc + 1))
+        for p in range(procs_n):
+            assert [e["data"]["i"] for e in store.trail_read(target=f"t{p}")] == list(range(per_proc))
+        report = verify_trail(store)
+        assert report.ok, report.problems
+        assert store.kv_get("trail", "head") == ({"seq": procs_n * per_proc, "hash": events[-1]["hash"]}, procs_n * per_proc)
+        assert len(store.trail_path.read_text(encoding="utf-8").splitlines()) == procs_n * per_proc
     finally:
         store.close()

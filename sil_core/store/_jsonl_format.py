@@ -1,0 +1,485 @@
+"""The on-disk format of the JSONL store, and the low-level file helpers it needs.
+
+``calls.jsonl`` (UTF-8, one JSON object per line, ``ensure_ascii=False``; a lone
+surrogate is written as a ``\\udXXX`` escape) holds two kinds of line:
+
+* a **record line** is :meth:`CallRecord.to_dict`, so its first key is ``"id"``::
+
+      {"id": "c1", "target": "agent", "ts": ..., ...}
+
+* a **feedback line** is appended when late feedback arrives for a call already on disk::
+
+      {"feedback": "<call id>", "success": true|false|null, "score": <float>|null}
+
+  Readers fold it into the newest earlier record line with that id (``null`` leaves a
+  field unchanged), so nothing is ever rewritten in place.
+
+Blank lines are ignored. Any other line that does not parse (a crash's torn tail, a bad
+hand edit) is corrupt: skipped and counted, never raised. A last line without its final
+newline is a torn write and counts as corrupt.
+
+``aggregates.json`` is one compact JSON object::
+
+    {"format": 1, "epoch": N, "calls": [st_ino, size] | null, "cells": [row, ...]}
+
+where each row is ``[target, version, arm, hour, values, hist]`` (:meth:`CellTable.to_rows`:
+``hour`` is ``ts // 3600`` or ``-1`` for the all-time cell, ``values`` the numeric fields of
+a :class:`~sil_core.aggregates.Cell` in storage order, ``hist`` the latency histogram as
+``{"<bin>": count}``). ``epoch`` goes up whenever ``calls.jsonl`` is replaced; ``calls``
+is the ``(st_ino, size)`` of ``calls.jsonl`` whose every line the cells include. Hourly
+rows older than the store's ``cell_retention_hours`` are pruned on write; all-time rows
+are never removed.
+
+Rotated files are ``archives/calls-<UTC %Y%m%dT%H%M%S%fZ>[-N].jsonl``, renamed from
+``calls.jsonl`` as they are and then replaced by a ``.jsonl.gz`` of the same name.
+
+``state.json`` holds the state rows (versions, changes, target heads, the trail head), one
+indented JSON object with sorted keys, replaced whole (temp file, fsync, rename) on every
+write::
+
+    {"<kind>": {"<key>": {"rev": n, "value": {...}}}}
+
+``trail.jsonl`` is the trail, one event per line (UTF-8, sorted keys, ``ensure_ascii=False``
+as in ``calls.jsonl``), in append order, which is ``seq`` order. A line that does not parse
+as an event (a crash's torn tail, an edit) is read as ``{"seq": None, "corrupt": "<the
+line>"}`` so that trail verification reports it; it is never skipped silently. A torn last
+line is terminated before the next append, as in ``calls.jsonl``.
+
+Rotation, compaction and retention touch ``calls.jsonl`` and the archives only, never
+``state.json`` or ``trail.jsonl``.
+"""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import json
+import os
+import re
+import shutil
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+from ..aggregates import Cell, CellKey, cells_for, feedback_delta
+from ..records import CallRecord, Feedback
+from ._table import CellTable
+from .memory import apply_feedback
+
+FORMAT = 1
+O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+datasync = getattr(os, "fdatasync", os.fsync)
+
+#: archive names: calls-<UTC %Y%m%dT%H%M%S%fZ>[-N].jsonl, then .jsonl.gz once compressed
+_ARCHIVE_RE = re.compile(r"^calls-(\d{8}T\d{12}Z)(?:-(\d+))?\.jsonl(\.gz)?$")
+_ID_RE = re.compile(rb'^\{"id": ("(?:[^"\\]|\\.)*")')
+_FEEDBACK_PREFIX = b'{"feedback": '
+
+
+# -- calls.jsonl lines -------------------------------------------------------------------------
+def _encode_line(obj: dict) -> bytes:
+    # backslashreplace turns a lone surrogate into a \\udXXX escape that JSON reads back
+    return (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace")
+
+
+def encode_record(r: CallRecord) -> bytes:
+    return _encode_line(r.to_dict())
+
+
+def encode_feedback(fb: Feedback) -> bytes:
+    return _encode_line({"feedback": fb.call_id, "success": fb.success, "score": fb.score})
+
+
+def parse_line(line: bytes) -> CallRecord | Feedback | None:
+    """A record or a feedback line, or ``None`` for a corrupt line."""
+    try:
+        obj = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(obj, dict):
+        return None
+    if "feedback" in obj and "target" not in obj:
+        cid, success, score = obj["feedback"], obj.get("success"), obj.get("score")
+        if not isinstance(cid, str) or not (success is None or isinstance(success, bool)):
+            return None
+        if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):
+            return None
+        return Feedback(cid, success, score)
+    try:
+        return CallRecord.from_dict(obj)
+    except (KeyError, ValueError, TypeError, OverflowError):
+        return None
+
+
+def fold(data: bytes, records: dict[str, CallRecord] | None = None) -> tuple[dict[str, CallRecord], int]:
+    """Every record of a file's bytes with its feedback folded in, and the corrupt count."""
+    records = {} if records is None else records
+    lines = data.split(b"\n")
+    corrupt = 1 if lines.pop().strip() else 0  # a torn last line
+    for line in lines:
+        if not line.strip():
+            continue
+        item = parse_line(line)
+        if item is None:
+            corrupt += 1
+        elif isinstance(item, Feedback):
+            before = records.get(item.call_id)
+            if before is not None:
+                records[item.call_id] = apply_feedback(before, item)
+        else:
+            records[item.id] = item
+    return records, corrupt
+
+
+def lookup(data: bytes, ids: set[str]) -> dict[str, CallRecord]:
+    """The current state of some calls, parsing only the lines that mention them."""
+    found: dict[str, CallRecord] = {}
+    slow = set()
+    for cid in ids:
+        needle = json.dumps(cid, ensure_ascii=False).encode("utf-8", "backslashreplace")
+        if not needle.isascii() or b"\\" in needle:
+            slow.add(cid)  # may be spelt with other escapes: parse everything
+            continue
+        record = None
+        pos = data.find(needle)
+        while pos != -1:
+            start = data.rfind(b"\n", 0, pos) + 1
+            end = data.find(b"\n", pos)
+            if end == -1:
+                break  # a torn last line
+            item = parse_line(data[start:end])
+            if isinstance(item, CallRecord) and item.id == cid:
+                record = item
+            elif isinstance(item, Feedback) and item.call_id == cid and record is not None:
+                record = apply_feedback(record, item)
+            pos = data.find(needle, end)
+        if record is not None:
+            found[cid] = record
+    if slow:
+        records, _ = fold(data)
+        found.update((cid, records[cid]) for cid in slow if cid in records)
+    return found
+
+
+def fold_tail(tail: bytes, cache: OrderedDict[str, CallRecord]) -> None:
+    """Fold lines other processes appended into the cached states they touch."""
+    lines = tail.split(b"\n")
+    lines.pop()  # incomplete: a torn line the next write terminates
+    for line in lines:
+        if not line.startswith(_FEEDBACK_PREFIX):
+            m = _ID_RE.match(line)
+            if m is not None:
+                try:
+                    if json.loads(m.group(1)) not in cache:
+                        continue
+                except ValueError:
+                    continue
+        item = parse_line(line)
+        if isinstance(item, Feedback):
+            before = cache.get(item.call_id)
+            if before is not None:
+                cache[item.call_id] = apply_feedback(before, item)
+        elif isinstance(item, CallRecord) and item.id in cache:
+            cache[item.id] = item
+
+
+def recover(fd: int, st: os.stat_result, covered: tuple[int, int] | None, table: CellTable) -> bool:
+    """Apply the cells of complete lines past ``covered`` in the open active file.
+
+    Normally there are none: only a writer killed between its append and its aggregates
+    update leaves some. A file of another inode (replaced, or restored from a copy) is
+    taken as covered.
+    """
+    if covered is None or covered[0] != st.st_ino or covered[1] >= st.st_size:
+        return False
+    data = pread_all(fd, st.st_size)
+    start = covered[1]
+    deltas: dict[CellKey, Cell] = {}
+    states: dict[str, CallRecord] = {}
+    for line in data[start:].split(b"\n")[:-1]:
+        item = parse_line(line) if line.strip() else None
+        if isinstance(item, CallRecord):
+            states[item.id] = item
+            merge_deltas(deltas, cells_for([item]))
+        elif isinstance(item, Feedback):
+            before = states.get(item.call_id)
+            if before is None:
+                before = lookup(data[:start], {item.call_id}).get(item.call_id)
+            if before is not None:
+                states[item.call_id] = after = apply_feedback(before, item)
+                merge_deltas(deltas, feedback_delta(before, after))
+    table.apply(deltas)
+    return True
+
+
+def merge_deltas(into: dict[CellKey, Cell], deltas: dict[CellKey, Cell]) -> None:
+    for key, cell in deltas.items():
+        if key in into:
+            into[key].add(cell)
+        else:
+            into[key] = cell
+
+
+# -- state.json --------------------------------------------------------------------------------
+def encode_state(state: dict) -> bytes:
+    """``{kind: {key: {"value": ..., "rev": n}}}`` as indented, sorted JSON (raises
+    TypeError or ValueError on a value JSON cannot hold)."""
+    return (json.dumps(state, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace")
+
+
+def decode_state(data: bytes) -> dict[str, dict[str, dict]]:
+    """The state rows of ``state.json``; raises ValueError on a malformed file."""
+    obj = json.loads(data) if data.strip() else {}
+    if not isinstance(obj, dict):
+        raise ValueError("not a JSON object")
+    for kind, rows in obj.items():
+        if not isinstance(rows, dict):
+            raise ValueError(f"kind {kind!r}: not an object")
+        for key, row in rows.items():
+            if not (isinstance(row, dict) and isinstance(row.get("value"), dict)
+                    and isinstance(row.get("rev"), int) and not isinstance(row["rev"], bool)):
+                raise ValueError(f"row {kind!r}/{key!r}: not {{\"value\": {{...}}, \"rev\": <int>}}")
+    return obj
+
+
+# -- trail.jsonl -------------------------------------------------------------------------------
+#: how many bytes a backward search for the last event reads at a time
+_TAIL_CHUNK = 1 << 16
+
+
+def encode_event(event: dict) -> bytes:
+    """One trail line (raises TypeError or ValueError on a value JSON cannot hold)."""
+    return (json.dumps(event, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace")
+
+
+def parse_event(line: bytes) -> dict | None:
+    """A trail event (a JSON object with an integer ``seq``), or ``None``."""
+    try:
+        obj = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(obj, dict):
+        return None
+    seq = obj.get("seq")
+    if not isinstance(seq, int) or isinstance(seq, bool):
+        return None
+    return obj
+
+
+def corrupt_event(line: bytes) -> dict:
+    """What a trail line that is not an event reads as: trail verification reports it."""
+    return {"seq": None, "corrupt": line.decode("utf-8", "backslashreplace")}
+
+
+def last_event(fd: int, size: int) -> dict | None:
+    """The last event among the complete lines of the first ``size`` bytes of an open
+    trail file, read backwards from the end; a torn last line and corrupt lines are
+    passed over. ``None`` when there is none."""
+    pos, carry, end_dropped = size, b"", False
+    while pos > 0:
+        n = min(_TAIL_CHUNK, pos)
+        pos -= n
+        buf = pread_all(fd, n, pos) + carry
+        pieces = buf.split(b"\n")
+        if not end_dropped:
+            if len(pieces) == 1 and pos > 0:
+                carry = buf  # no newline yet: all of it belongs to a torn last line
+                continue
+            pieces.pop()  # after the last newline: a torn line, or nothing
+            end_dropped = True
+        carry = pieces.pop(0) if pos > 0 and pieces else b""
+        for line in reversed(pieces):
+            event = parse_event(line) if line.strip() else None
+            if event is not None:
+                return event
+    return None
+
+
+def read_events(data: bytes, target: str | None, after_seq: int, limit: int | None) -> list[dict]:
+    """The events of a trail file's bytes, in file order, filtered.
+
+    Corrupt lines (a torn last line included) are returned as :func:`corrupt_event` when
+    no ``target`` is asked for and they lie after the last event with ``seq <=
+    after_seq``; blank lines are ignored.
+    """
+    if limit is not None and limit <= 0:
+        return []
+    out: list[dict] = []
+    last_seq = 0  # the seq of the last event before the current line
+    lines = data.split(b"\n")
+    if not lines[-1]:
+        lines.pop()
+    for line in lines:
+        if not line.strip():
+            continue
+        event = parse_event(line)
+        if event is None:
+            if target is None and (after_seq <= 0 or last_seq >= after_seq):
+                out.append(corrupt_event(line))
+        else:
+            last_seq = event["seq"]
+            if event["seq"] > after_seq and (target is None or event.get("target") == target):
+                out.append(event)
+        if limit is not None and len(out) >= limit:
+            break
+    return out
+
+
+# -- aggregates.json ---------------------------------------------------------------------------
+def encode_aggregates(table: CellTable, epoch: int, covered: tuple[int, int] | None) -> bytes:
+    obj = {"format": FORMAT, "epoch": epoch, "calls": covered, "cells": table.to_rows()}
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def decode_aggregates(data: bytes) -> tuple[CellTable, int, tuple[int, int] | None]:
+    """``(table, epoch, covered)``; raises ValueError, KeyError, TypeError, AttributeError
+    or IndexError on a malformed file."""
+    obj = json.loads(data)
+    table, epoch = CellTable.from_rows(obj["cells"]), int(obj["epoch"])
+    covered = obj.get("calls")
+    return table, epoch, None if covered is None else (int(covered[0]), int(covered[1]))
+
+
+# -- archives ----------------------------------------------------------------------------------
+def archive_file(source: Path, archive_dir: Path, stamp: str, *, fsync: bool) -> tuple[Path, int]:
+    """Move ``source`` into ``archive_dir`` under an unused ``calls-<stamp>[-N]`` name and
+    create an empty ``source`` in its place (a torn last line is terminated first).
+
+    Returns the archive, the uncompressed ``.jsonl`` to gzip later
+    (:func:`compress_archives`) or the final ``.jsonl.gz`` when ``archive_dir`` is on
+    another file system, and the inode of the new, empty ``source``.
+    """
+    fd = os.open(source, os.O_RDWR | os.O_APPEND | O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            write_all(fd, b"\n")
+    finally:
+        os.close(fd)
+    archive_dir.mkdir(parents=True, exist_ok=True)
+    n = 0
+    while True:
+        base = f"calls-{stamp}-{n}" if n else f"calls-{stamp}"
+        pending, final = archive_dir / f"{base}.jsonl", archive_dir / f"{base}.jsonl.gz"
+        if not pending.exists() and not final.exists():
+            break
+        n += 1
+    try:
+        os.rename(source, pending)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        pending = gzip_file(source, final, fsync=fsync)
+        os.unlink(source)
+    else:
+        if fsync:
+            fsync_dir(archive_dir)
+            fsync_dir(source.parent)
+    fd = os.open(source, os.O_WRONLY | os.O_CREAT | O_CLOEXEC, 0o644)
+    try:
+        return pending, os.fstat(fd).st_ino
+    finally:
+        os.close(fd)
+
+
+def compress_archives(path: Path, *, fsync: bool) -> Path:
+    """Gzip the archive ``path`` (a ``.jsonl``), and any other uncompressed archive beside
+    it (left by a crash); returns ``path``'s ``.jsonl.gz``."""
+    final = gzip_file(path, path.with_name(path.name + ".gz"), fsync=fsync)
+    for name in os.listdir(path.parent):
+        m = _ARCHIVE_RE.match(name)
+        if m and not m.group(3) and name != path.name:
+            gzip_file(path.parent / name, path.parent / (name + ".gz"), fsync=fsync)
+    return final
+
+
+def list_archives(archive_dir: Path, pending: bool = False) -> list[Path]:
+    """The gzip archives, oldest first (with ``pending``, also rotated files not
+    compressed yet, where no ``.gz`` of the same name exists)."""
+    try:
+        names = set(os.listdir(archive_dir))
+    except FileNotFoundError:
+        return []
+    found = []
+    for name in names:
+        m = _ARCHIVE_RE.match(name)
+        if m and (m.group(3) or (pending and name + ".gz" not in names)):
+            found.append((m.group(1), int(m.group(2) or 0), archive_dir / name))
+    return [p for *_, p in sorted(found)]
+
+
+def gzip_file(source: Path, final: Path, *, fsync: bool) -> Path:
+    """Compress ``source`` into ``final`` (via a temp file); ``source`` is removed when
+    both are in the same directory. A missing ``source`` was compressed by another process."""
+    tmp = final.with_name(f".{final.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        src = open(source, "rb")
+    except FileNotFoundError:
+        return final
+    with src, open(tmp, "wb") as raw:
+        with gzip.GzipFile(filename=source.name, mode="wb", fileobj=raw, compresslevel=6, mtime=0) as gz:
+            shutil.copyfileobj(src, gz, 1 << 20)
+        raw.flush()
+        if fsync:
+            os.fsync(raw.fileno())
+    os.replace(tmp, final)
+    if source.parent == final.parent:
+        try:
+            os.unlink(source)
+        except FileNotFoundError:
+            pass
+    if fsync:
+        fsync_dir(final.parent)
+    return final
+
+
+# -- small file helpers ------------------------------------------------------------------------
+def replace_file(path: Path, data: bytes, *, fsync: bool, mtime_ns: int | None = None) -> os.stat_result:
+    """Write ``data`` to ``.<name>.tmp`` beside ``path`` and rename it over ``path``.
+
+    Returns the new file's stat (its mtime set to ``mtime_ns`` first, when given).
+    """
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | O_CLOEXEC, 0o644)
+    try:
+        write_all(fd, data)
+        if mtime_ns is not None:
+            os.utime(fd, ns=(mtime_ns, mtime_ns))
+        if fsync:
+            os.fsync(fd)
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    return st
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def pread_all(fd: int, size: int, offset: int = 0) -> bytes:
+    chunks = []
+    while size > 0:
+        chunk = os.pread(fd, size, offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size -= len(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
+def fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
