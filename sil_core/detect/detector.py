@@ -1,0 +1,109 @@
+"""Judge a candidate arm against its baseline from their aggregate cells.
+
+Three metrics, each one-sided at ``alpha / 3`` (Bonferroni):
+
+* success rate: the anytime-valid bound on ``p_candidate - p_baseline``; *regressed* when
+  the upper bound is below 0 and the estimate is below ``-success_tolerance``
+  (significant and material); *non-inferior* when the lower bound is above
+  ``-success_tolerance``;
+* latency: the same on the mean log-latency of successful calls (a ratio of geometric
+  means), against ``ln(1 + latency_tolerance)``;
+* p95: once both arms have 60 successful calls, order-statistic bounds; *regressed* when
+  the candidate's lower bound exceeds the baseline's upper bound times
+  ``1 + latency_tolerance``. These bounds are fixed-sample, so p95 is looked at only at
+  doubling sample sizes (60, 120, 240, ...) with the budget split across those looks.
+
+*healthy* needs both arms at ``min_calls`` and success and latency non-inferior.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..aggregates import Cell
+from ..policy import RolloutPolicy
+from .quantiles import MIN_CALLS_P95, quantile_bounds
+from .sequential import mean_diff_bounds, proportion_diff_bounds, tuning_rho
+from .verdict import Verdict
+
+__all__ = ("judge", "p95_look", "p95_looks")
+
+TEST = "one-sided normal-mixture confidence sequence (anytime-valid), Bonferroni across 3 metrics"
+_METRICS = 3
+
+
+def p95_looks(policy: RolloutPolicy) -> int:
+    """How many p95 looks fit before the horizon (60, 120, 240, ... successful calls)."""
+    return max(1, math.ceil(math.log2(max(policy.horizon, MIN_CALLS_P95) / MIN_CALLS_P95)) + 1)
+
+
+def p95_look(lat_n: int) -> int:
+    """The index of the last p95 look a sample of ``lat_n`` successful calls has passed."""
+    return -1 if lat_n < MIN_CALLS_P95 else int(math.log2(lat_n / MIN_CALLS_P95))
+
+
+def judge(baseline: Cell, candidate: Cell, policy: RolloutPolicy, *, check_p95: bool = False) -> Verdict:
+    """The verdict on ``candidate`` vs ``baseline`` (see module docstring)."""
+    a_alpha = policy.alpha / _METRICS
+    rho = tuning_rho(policy.cs_tuning_n, a_alpha)
+    n_a = baseline.successes + baseline.failures
+    n_b = candidate.successes + candidate.failures
+    evidence: dict = {
+        "test": TEST,
+        "alpha": policy.alpha,
+        "alpha_per_metric": a_alpha,
+        "min_calls": policy.min_calls,
+        "n": {"baseline": n_a, "candidate": n_b},
+    }
+    if n_a < policy.min_calls or n_b < policy.min_calls:
+        return Verdict(Verdict.INCONCLUSIVE, f"collecting: {n_b} candidate and {n_a} baseline calls of {policy.min_calls}",
+                       None, evidence)
+
+    d, lo, hi = proportion_diff_bounds(baseline.successes, n_a, candidate.successes, n_b, a_alpha, rho)
+    tol_s = policy.success_tolerance
+    evidence["success_rate"] = {
+        "baseline": baseline.successes / n_a, "candidate": candidate.successes / n_b,
+        "diff": d, "lower": lo, "upper": hi, "tolerance": tol_s,
+    }
+    if hi < 0 and d < -tol_s:
+        return Verdict(Verdict.REGRESSED,
+                       f"success rate fell from {baseline.successes / n_a:.1%} to {candidate.successes / n_b:.1%} "
+                       f"(difference {d:+.1%}, upper bound {hi:+.1%} < 0)", "success_rate", evidence)
+    success_ok = lo > -tol_s
+
+    latency_ok = False
+    thr = math.log1p(policy.latency_tolerance)
+    if baseline.lat_n >= 2 and candidate.lat_n >= 2:
+        dl, lol, hil = mean_diff_bounds(baseline.lat_n, baseline.lat_sum, baseline.lat_sumsq,
+                                        candidate.lat_n, candidate.lat_sum, candidate.lat_sumsq, a_alpha, rho)
+        evidence["latency"] = {
+            "baseline_median_s": math.exp(baseline.lat_sum / baseline.lat_n),
+            "candidate_median_s": math.exp(candidate.lat_sum / candidate.lat_n),
+            "ratio": math.exp(dl), "ratio_lower": math.exp(lol), "ratio_upper": math.exp(hil),
+            "tolerance": policy.latency_tolerance,
+        }
+        if lol > 0 and dl > thr:
+            return Verdict(Verdict.REGRESSED,
+                           f"latency rose {math.exp(dl) - 1:+.0%} (geometric mean of successful calls; "
+                           f"lower bound {math.exp(lol) - 1:+.0%} > 0, tolerance {policy.latency_tolerance:.0%})",
+                           "latency", evidence)
+        latency_ok = hil < thr
+
+    if check_p95 and baseline.lat_n >= MIN_CALLS_P95 and candidate.lat_n >= MIN_CALLS_P95:
+        p_alpha = a_alpha / p95_looks(policy)
+        qa, qb = quantile_bounds(baseline, 0.95, p_alpha), quantile_bounds(candidate, 0.95, p_alpha)
+        if qa and qb:
+            evidence["latency_p95"] = {
+                "baseline": baseline.quantile(0.95), "candidate": candidate.quantile(0.95),
+                "baseline_upper": qa[1], "candidate_lower": qb[0], "alpha": p_alpha,
+                "tolerance": policy.latency_tolerance,
+            }
+            if qb[0] > qa[1] * (1 + policy.latency_tolerance):
+                return Verdict(Verdict.REGRESSED,
+                               f"p95 latency rose from {baseline.quantile(0.95):.3g}s to {candidate.quantile(0.95):.3g}s "
+                               f"(candidate lower bound {qb[0]:.3g}s > baseline upper bound x{1 + policy.latency_tolerance:g})",
+                               "latency_p95", evidence)
+
+    if success_ok and latency_ok:
+        return Verdict(Verdict.HEALTHY, "non-inferior on success rate and latency", None, evidence)
+    return Verdict(Verdict.INCONCLUSIVE, "no regression shown, not yet shown non-inferior", None, evidence)

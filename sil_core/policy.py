@@ -1,0 +1,84 @@
+"""``RolloutPolicy``: how a config change is rolled out and judged. Every default is
+documented with the reason it was chosen (see ``benchmarks/detection.py``)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = ("RolloutPolicy",)
+
+_ON_INCONCLUSIVE = ("hold", "keep", "rollback")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RolloutPolicy:
+    """How a change is rolled out and when it is promoted or rolled back.
+
+    Attributes:
+        alpha: one-sided false-rollback budget for the whole change, split equally
+            (Bonferroni) across the metrics tested: success rate, mean log-latency, p95.
+        min_calls: calls per arm before any verdict other than the tripwire.
+        success_tolerance: a drop in success rate smaller than this (absolute) is
+            acceptable: a regression needs a significant drop whose estimate exceeds it, and
+            promotion needs the lower bound of the difference above minus it.
+        latency_tolerance: relative slowdown that is acceptable (0.20 = +20 %), on the
+            mean log-latency of successful calls, and on p95 once both arms have 60 calls.
+        ramp: candidate weights of the canary steps, in order (canary mode).
+        step_calls: candidate calls at a step, without a regression, before the next step.
+        horizon: candidate calls after which an undecided change is settled by
+            ``on_inconclusive``.
+        on_inconclusive: ``"keep"`` (promote: the test had ``horizon`` calls to find harm),
+            ``"hold"`` (pause for a person) or ``"rollback"``.
+        tripwire_consecutive: consecutive candidate failures that roll back at once,
+            before ``min_calls`` (catastrophic failure).
+        observe_only: record verdicts in the trail, never act (dry run).
+        baseline_window_hours: switch mode: the frozen baseline is the baseline version's
+            calls in this many hours before the change (all its calls if too few).
+        cooldown_hours: after a rollback, the same patch is refused for this long.
+        cs_tuning_n: candidate calls at which the confidence sequence is tightest.
+    """
+
+    alpha: float = 0.05
+    min_calls: int = 30
+    success_tolerance: float = 0.02
+    latency_tolerance: float = 0.20
+    ramp: tuple[float, ...] = (0.1, 0.25, 0.5)
+    step_calls: int = 30
+    horizon: int = 1000
+    on_inconclusive: str = "keep"
+    tripwire_consecutive: int = 5
+    observe_only: bool = False
+    baseline_window_hours: float = 24.0
+    cooldown_hours: float = 24.0
+    cs_tuning_n: int = 150
+
+    def __post_init__(self) -> None:
+        if not 0 < self.alpha < 1:
+            raise ConfigError("alpha must be in (0, 1)")
+        if self.on_inconclusive not in _ON_INCONCLUSIVE:
+            raise ConfigError(f"on_inconclusive must be one of {_ON_INCONCLUSIVE}")
+        if not self.ramp or any(not 0 < w <= 1 for w in self.ramp) or list(self.ramp) != sorted(self.ramp):
+            raise ConfigError("ramp must be increasing weights in (0, 1]")
+        if self.min_calls < 1 or self.horizon < self.min_calls or self.tripwire_consecutive < 1:
+            raise ConfigError("need 1 <= min_calls <= horizon and tripwire_consecutive >= 1")
+        if self.success_tolerance < 0 or self.latency_tolerance < 0:
+            raise ConfigError("tolerances must be >= 0")
+
+    def override(self, **changes: Any) -> "RolloutPolicy":
+        """A copy with some fields changed."""
+        return replace(self, **changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["ramp"] = list(self.ramp)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RolloutPolicy":
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        if "ramp" in known:
+            known["ramp"] = tuple(known["ramp"])
+        return cls(**known)
