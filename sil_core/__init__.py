@@ -7,9 +7,18 @@ from __future__ import annotations
 
 import importlib.metadata as _metadata
 
+from .adapters import ConfigAdapter, DictConfigAdapter, JsonFileConfigAdapter
 from .aggregates import Stats
+from .calls import CallHandle, CallInfo, current_call
+from .detect import Verdict
 from .errors import ConfigError, MissingExtra, SilError, StoreError
-from .guard import CallHandle, Guard
+from .compat import AutoRollback, SelfImprovingLoop
+from .guard import Guard
+from .policy import RolloutPolicy
+from .rollout import Change, InvalidTransition, State
+from .strategies import Strategy
+from .trail import TrailReport, verify_trail
+from .versions import config_version
 from .notify import LoggingNotifier, Notifier, TelegramNotifier, WebhookNotifier
 from .outcomes import classify_exception, register_control_flow
 from .records import CallRecord, Feedback, Outcome
@@ -24,24 +33,40 @@ except _metadata.PackageNotFoundError:  # running from a source tree that is not
 __all__ = (
     "PROFILES",
     "AdaptiveThreshold",
+    "AutoRollback",
     "CallHandle",
+    "CallInfo",
     "CallRecord",
+    "Change",
+    "ConfigAdapter",
     "ConfigError",
+    "DictConfigAdapter",
     "Feedback",
     "Guard",
+    "InvalidTransition",
+    "JsonFileConfigAdapter",
     "LoggingNotifier",
     "MissingExtra",
     "Notifier",
     "Outcome",
+    "RolloutPolicy",
+    "SelfImprovingLoop",
     "SilError",
+    "State",
     "Stats",
     "Store",
     "StoreError",
+    "Strategy",
     "TelegramNotifier",
     "ThresholdProfile",
+    "TrailReport",
+    "Verdict",
     "WebhookNotifier",
     "classify_exception",
+    "config_version",
+    "current_call",
     "default_store_url",
     "open_store",
     "register_control_flow",
+    "verify_trail",
 )

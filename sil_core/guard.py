@@ -1,16 +1,15 @@
-"""The Guard: wrap agent code, record every call, keep statistics per target.
+"""The Guard: wrap agent code, record every call, guard every config change.
 
 One object in three forms: a decorator (``@guard.track``), a context manager
 (``with guard.call(target) as call``, also ``async with``) and an explicit
 ``guard.record(...)`` for imports and replays. Results and exceptions pass through
-unchanged; recording is write-behind and fails open.
+unchanged; recording is write-behind and fails open. Config changes go through
+``guard.propose(...)`` and are judged and acted on in the background (see ``changes.py``).
 """
 
 from __future__ import annotations
 
 import atexit
-import functools
-import inspect
 import time
 import weakref
 from datetime import datetime, timedelta, timezone
@@ -21,32 +20,31 @@ from ._internal.ids import new_id
 from ._internal.jsonsafe import error_message
 from ._internal.worker import BackgroundWorker
 from ._internal.writer import Writer
+from .adapters import ConfigAdapter
 from .aggregates import BUCKET_S, Stats, merge
+from .calls import CallHandle, CallInfo, _current, wrap
+from .changes import ChangeManager, default_worker_id
+from .detect.verdict import Verdict
 from .errors import ConfigError
 from .notify import Notifier
 from .outcomes import classify_exception
+from .policy import RolloutPolicy
 from .records import CallRecord, Feedback, Outcome
+from .rollout import Change
 from .store import Store, open_store
+from .strategies import run_strategy
 from .thresholds import AdaptiveThreshold
+from .trail import TrailReport, append_event, verify_trail
+from .versions import list_versions
 
-__all__ = ("CallHandle", "Guard")
+__all__ = ("Guard",)
 
 F = TypeVar("F", bound=Callable[..., Any])
-_perf = time.perf_counter
 _now = time.time
+_mono = time.monotonic
+#: consecutive failures that trigger whatever the window's failure rate (an outage)
+OUTAGE_RUN = 5
 _OK, _ERROR = Outcome.OK, Outcome.ERROR
-PREDICATE_FAILED = "PredicateFailed"
-PREDICATE_ERROR = "PredicateError"
-MARKED_FAILED = "MarkedFailed"
-
-
-def _is_coroutine_callable(fn: Any) -> bool:
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    if inspect.iscoroutinefunction(fn):
-        return True
-    call = getattr(fn, "__call__", None)
-    return inspect.iscoroutinefunction(call)
 
 
 def _to_epoch(since: datetime | timedelta | float | None) -> float | None:
@@ -60,7 +58,7 @@ def _to_epoch(since: datetime | timedelta | float | None) -> float | None:
 
 
 class Guard:
-    """Records calls of guarded targets and keeps their statistics.
+    """Records calls of guarded targets, keeps their statistics and guards their changes.
 
     Args:
         store: a store URL (``memory://``, ``jsonl:///dir``, ``sqlite:///file``,
@@ -69,10 +67,19 @@ class Guard:
         durability: ``"batched"`` (default) returns at once and writes in the background
             every ``flush_interval`` seconds; ``"sync"`` returns only once the call's record
             is committed (group commit: concurrent calls share one transaction).
+        adapter: the default :class:`ConfigAdapter` for changes (a strategy's proposals, and
+            rollbacks of changes another worker proposed).
+        strategy: proposes a config patch when a target's failures cross its threshold
+            (``analyze(agent_id=, traces=, before_metrics=)``); runs off the caller's thread
+            unless ``strategy_inline=True``.
+        policy: the default :class:`RolloutPolicy`; ``mode`` the default change mode.
         notifiers: objects with ``notify(event)``; they run on a background thread.
         thresholds: the :class:`AdaptiveThreshold` that decides when failures trigger.
+        worker_id: names this worker in the trail (default ``host:pid``).
         flush_interval: seconds between background writes in batched mode.
         max_pending: records kept in memory at most while the store is slow or down.
+        refresh_interval: seconds a worker serves a target's cached version before
+            re-reading it from the store (how fast other workers' moves are seen).
 
     Example:
         >>> guard = Guard("memory://")
@@ -90,44 +97,71 @@ class Guard:
         store: str | Store | None = None,
         *,
         durability: str = "batched",
+        adapter: ConfigAdapter | None = None,
+        strategy: Any = None,
+        policy: RolloutPolicy | None = None,
+        mode: str = "canary",
         notifiers: Iterable[Notifier] = (),
         thresholds: AdaptiveThreshold | None = None,
+        worker_id: str | None = None,
         flush_interval: float = 0.2,
         max_pending: int = 100_000,
+        refresh_interval: float = 0.5,
+        strategy_inline: bool = False,
     ) -> None:
         if durability not in ("batched", "sync"):
             raise ConfigError(f"durability must be 'batched' or 'sync', not {durability!r}")
+        if mode not in ("canary", "switch"):
+            raise ConfigError(f"mode must be 'canary' or 'switch', not {mode!r}")
         self.durability = durability
         self._owns_store = not isinstance(store, Store)
         self.store: Store = open_store(store) if self._owns_store else store  # type: ignore[arg-type]
+        self.adapter = adapter
+        self.strategy = strategy
+        self.strategy_inline = strategy_inline
+        self.policy = policy or RolloutPolicy()
+        self.mode = mode
+        self.worker_id = worker_id or default_worker_id()
         self.notifiers = list(notifiers)
         self.thresholds = thresholds if thresholds is not None else AdaptiveThreshold()
         self._trigger_listeners: list[Callable[[dict], None]] = []
         self._last_trigger: dict[str, float] = {}
-        self._writer = Writer(self.store, interval=flush_interval, max_pending=max_pending, on_written=self._after_write)
+        self._notifier_errors: dict[str, float] = {}
+        self._failure_runs: dict[str, int] = {}  # consecutive failures per target, this worker
+        self._changes = ChangeManager(self, refresh_s=refresh_interval)
+        self._views = self._changes._views
+        self._writer = Writer(self.store, interval=flush_interval, max_pending=max_pending,
+                              on_written=self._after_write, on_tick=self._tick)
         self._events = BackgroundWorker("sil-notify", self._dispatch)
+        self._decide = BackgroundWorker("sil-decide", lambda job: job())
+        self._pending_eval: set[str] = set()
+        self._last_tick = 0.0
         self._sync = durability == "sync"
         self._closed = False
         ref = weakref.ref(self)
         atexit.register(lambda: (g := ref()) is not None and g.close(timeout=5.0))
 
     # -- the three forms -----------------------------------------------------------------
-    def track(self, target: str | Callable | None = None, *, success: Callable[[Any], Any] | None = None):
+    def track(self, target: str | Callable | None = None, *, success: Callable[[Any], Any] | None = None,
+              key: Callable[..., Any] | None = None):
         """Decorate a sync or async function so every call is recorded.
 
         ``@guard.track`` names the target after the function's qualified name;
         ``@guard.track("name", success=predicate)`` names it and judges each result
         (a falsy predicate value, or a predicate that raises, records a failure while
-        the result is still returned). Generator functions are recorded when the
-        iteration ends.
+        the result is still returned). ``key(*args, **kwargs)`` gives a routing key (a
+        user or session id) so one key always gets the same arm during a canary. Inside
+        the function, :func:`sil_core.current_call` tells the version and config serving
+        it. Generator functions are recorded when the iteration ends.
         """
         if callable(target):
-            return self._wrap(target, target.__qualname__, None)
-        return lambda fn: self._wrap(fn, target or fn.__qualname__, success)
+            return wrap(self, target, target.__qualname__, None, None)
+        return lambda fn: wrap(self, fn, target or fn.__qualname__, success, key)
 
-    def call(self, target: str, *, context: Any = None) -> "CallHandle":
-        """A context manager (``with`` or ``async with``) that records one call."""
-        return CallHandle(self, target, context)
+    def call(self, target: str, *, context: Any = None, key: Any = None) -> CallHandle:
+        """A context manager (``with`` or ``async with``) that records one call; ``key``
+        routes it deterministically during a canary."""
+        return CallHandle(self, target, context, key)
 
     def record(
         self,
@@ -170,9 +204,81 @@ class Guard:
         self.flush()
         return self.store.stats(target, version=version, since=_to_epoch(since))
 
+    # -- changes -------------------------------------------------------------------------
+    def propose(self, target: str, patch: dict, *, adapter: ConfigAdapter | None = None, mode: str | None = None,
+                policy: RolloutPolicy | None = None, actor: str | None = None, approve: bool = True) -> Change:
+        """Roll a config patch out under guard and return the :class:`Change`.
+
+        ``mode="canary"`` serves baseline and candidate side by side (read the arm's config
+        from ``guard.call(...).config`` or :func:`current_call`); ``mode="switch"`` applies
+        the patch globally through the adapter and compares with a frozen baseline window.
+        A target has at most one change in flight: a proposal meanwhile is ``rejected``.
+        ``approve=False`` leaves it ``proposed`` until :meth:`approve`.
+        """
+        return self._changes.propose(target, patch, adapter=adapter, mode=mode or self.mode, policy=policy,
+                                     actor=actor, approve=approve)
+
+    def change(self, target: str) -> Change | None:
+        """The target's latest change, in flight or finished, with its latest verdict."""
+        self.flush()
+        row = self._changes.latest_row(target)
+        if row is None:
+            return None
+        verdict = None
+        if row["state"] == "canary" or (row["state"] == "paused" and not row.get("verdict")):
+            with fail_open("change.verdict"):
+                verdict = self._changes.current_verdict(row)
+        return Change.from_row(row, verdict)
+
+    def evaluate(self, target: str) -> Verdict | None:
+        """Judge the target's change now, on this thread, and act on the verdict."""
+        self.flush()
+        return self._changes.evaluate(target)
+
+    def approve(self, target: str, *, actor: str = "api") -> Change:
+        """Start a change that waits for approval."""
+        return self._changes.approve(target, actor)
+
+    def promote(self, target: str, *, actor: str = "api") -> bool:
+        """Promote the change in flight now."""
+        return self._changes.promote(target, Verdict(Verdict.HEALTHY, f"promoted by {actor}", "manual"), actor=actor)
+
+    def rollback(self, target: str, *, actor: str = "api") -> bool:
+        """Roll the change in flight back now (idempotent: ``False`` if there is none)."""
+        return self._changes.rollback(target, Verdict(Verdict.REGRESSED, f"rolled back by {actor}", "manual"), actor=actor)
+
+    def pause(self, target: str, *, actor: str = "api") -> bool:
+        """Stop ramping and acting on the change in flight (it keeps being served)."""
+        return self._changes.set_paused(target, True, actor=actor)
+
+    def resume(self, target: str, *, actor: str = "api") -> bool:
+        return self._changes.set_paused(target, False, actor=actor)
+
+    def pin(self, target: str, version: str, *, adapter: ConfigAdapter | None = None, actor: str = "api") -> None:
+        """Make ``version`` the active version (restored through the adapter if any)."""
+        self._changes.pin(target, version, adapter=adapter, actor=actor)
+
+    def versions(self, target: str) -> list[dict]:
+        """Every stored config version of a target, oldest first."""
+        return list_versions(self.store, target)
+
+    def trail(self, target: str | None = None) -> list[dict]:
+        """The trail's events (one target's, or all), oldest first."""
+        return self.store.trail_read(target=target)
+
+    def verify_trail(self) -> TrailReport:
+        """Check the trail's hash chain (see :func:`sil_core.verify_trail`)."""
+        return verify_trail(self.store)
+
+    # -- lifecycle -----------------------------------------------------------------------
     def flush(self, timeout: float | None = 30.0) -> bool:
         """Write every queued record now; ``True`` if all of it is committed."""
         return self._writer.flush(timeout)
+
+    def drain(self, timeout: float | None = 30.0) -> bool:
+        """Flush, then wait until background judging, strategies and notifiers are done."""
+        ok = self.flush(timeout)
+        return self._decide.drain(timeout) and self._events.drain(timeout) and ok
 
     def close(self, timeout: float | None = 30.0) -> None:
         """Flush, stop the background threads and close a store this guard opened."""
@@ -181,6 +287,7 @@ class Guard:
         self._closed = True
         with fail_open("guard.close"):
             self._writer.close(timeout)
+            self._decide.close(timeout)
             self._events.close(timeout)
             if self._owns_store:
                 self.store.close()
@@ -196,30 +303,37 @@ class Guard:
         cross its adaptive threshold."""
         self._trigger_listeners.append(listener)
 
-    # -- internals: recording ------------------------------------------------------------
-    def _put(self, item: CallRecord | Feedback) -> None:
-        try:
-            if self._sync:
-                self._writer.put_durable(item)
-            else:
-                self._writer.put(item)
-        except Exception as exc:
-            report("guard.record", exc)
+    def emit(self, event: dict) -> None:
+        """Send an event to every notifier, on the notifier thread."""
+        if self.notifiers:
+            self._events.submit(event)
 
-    async def _aput(self, item: CallRecord | Feedback) -> None:
+    # -- internals: the hot path ---------------------------------------------------------
+    def _start_call(self, target: str, key: Any = None) -> tuple[tuple | None, Any]:
+        """Route a call: ``((version, arm, config), contextvar token)`` or ``(None, None)``."""
         try:
-            if self._sync:
-                await self._writer.aput_durable(item)
-            else:
-                self._writer.put(item)
+            view = self._views.get(target)
+            if view is not None and view.unversioned and _mono() <= view.expires:
+                return None, None  # the common case: a target without versions
+            route = self._changes.route(target, key)
+            if route[0] is None:
+                return None, None
+            return route, _current.set(CallInfo(target, *route))
         except Exception as exc:
-            report("guard.record", exc)
+            report("guard.route", exc)
+            return None, None
 
-    def _finish(self, target: str, ts: float, duration: float, exc: BaseException | None, ok: Any = True,
-                call_id: str | None = None, context: Any = None, score: float | None = None,
-                version: str | None = None, arm: str | None = None) -> CallRecord | None:
+    def _finish(self, target: str, ts: float, duration: float, exc: BaseException | None, ok: Any,
+                route: tuple | None, token: Any, call_id: str | None = None, context: Any = None,
+                score: float | None = None) -> CallRecord | None:
         """Build the record of a finished call (never raises)."""
         try:
+            if token is not None:
+                try:
+                    _current.reset(token)
+                except ValueError:  # reset from another context (a generator resumed elsewhere)
+                    pass
+            version, arm = (route[0], route[1]) if route else (None, None)
             if exc is None:
                 if ok is True:  # the id of a decorated call is assigned off the hot path
                     return CallRecord(call_id, target, ts, duration, _OK, None, None, version, arm, 1, score, context)
@@ -231,103 +345,63 @@ class Guard:
             report("guard.record", err)
             return None
 
-    def _wrap(self, fn: F, target: str, success: Callable[[Any], Any] | None) -> F:
-        if inspect.isasyncgenfunction(fn):
-            wrapper = self._wrap_asyncgen(fn, target, success)
-        elif inspect.isgeneratorfunction(fn):
-            wrapper = self._wrap_gen(fn, target, success)
-        elif _is_coroutine_callable(fn):
-            wrapper = self._wrap_async(fn, target, success)
-        else:
-            wrapper = self._wrap_sync(fn, target, success)
-        wrapper = functools.wraps(fn)(wrapper)
-        wrapper.guard = self  # type: ignore[attr-defined]
-        wrapper.target = target  # type: ignore[attr-defined]
-        return wrapper  # type: ignore[return-value]
+    def _put(self, item: CallRecord | Feedback | None) -> None:
+        if item is None:
+            return
+        try:
+            if self._sync:
+                self._writer.put_durable(item)
+            else:
+                self._writer.put(item)
+        except Exception as exc:
+            report("guard.record", exc)
 
-    def _wrap_sync(self, fn, target, success):
-        finish, put = self._finish, self._put
-
-        def guarded(*args, **kwargs):
-            ts, t0 = _now(), _perf()
-            try:
-                result = fn(*args, **kwargs)
-            except BaseException as exc:
-                record = finish(target, ts, _perf() - t0, exc)
-                if record is not None:
-                    put(record)
-                raise
-            record = finish(target, ts, _perf() - t0, None, _judge(success, result))
-            if record is not None:
-                put(record)
-            return result
-
-        return guarded
-
-    def _wrap_async(self, fn, target, success):
-        finish, aput = self._finish, self._aput
-
-        async def guarded(*args, **kwargs):
-            ts, t0 = _now(), _perf()
-            try:
-                result = await fn(*args, **kwargs)
-            except BaseException as exc:
-                record = finish(target, ts, _perf() - t0, exc)
-                if record is not None:
-                    await aput(record)
-                raise
-            record = finish(target, ts, _perf() - t0, None, _judge(success, result))
-            if record is not None:
-                await aput(record)
-            return result
-
-        return guarded
-
-    def _wrap_gen(self, fn, target, success):
-        finish, put = self._finish, self._put
-
-        def guarded(*args, **kwargs):
-            ts, t0 = _now(), _perf()
-            error: BaseException | None = None
-            try:
-                result = yield from fn(*args, **kwargs)
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                ok = True if error is not None else _judge(success, result)
-                record = finish(target, ts, _perf() - t0, error, ok)
-                if record is not None:
-                    put(record)
-            return result
-
-        return guarded
-
-    def _wrap_asyncgen(self, fn, target, success):
-        finish, put = self._finish, self._put
-
-        async def guarded(*args, **kwargs):
-            ts, t0 = _now(), _perf()
-            error: BaseException | None = None
-            try:
-                async for item in fn(*args, **kwargs):
-                    yield item
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                record = finish(target, ts, _perf() - t0, error, True)
-                if record is not None:
-                    put(record)
-
-        return guarded
+    async def _aput(self, item: CallRecord | Feedback | None) -> None:
+        if item is None:
+            return
+        try:
+            if self._sync:
+                await self._writer.aput_durable(item)
+            else:
+                self._writer.put(item)
+        except Exception as exc:
+            report("guard.record", exc)
 
     # -- internals: after a batch is written (flusher thread) -----------------------------
     def _after_write(self, calls: list[CallRecord]) -> None:
-        failing = {r.target for r in calls if r.outcome == _ERROR}
+        failing = set()
+        runs = self._failure_runs
+        for r in calls:
+            ok = r.success
+            if ok is False:
+                runs[r.target] = runs.get(r.target, 0) + 1
+                failing.add(r.target)
+            elif ok:
+                runs.pop(r.target, None)
         for target in failing:
             with fail_open("trigger.check"):
                 self._check_trigger(target)
+        with fail_open("change.observe"):
+            for target in self._changes.observe(calls):
+                self._schedule_evaluation(target)
+
+    def _schedule_evaluation(self, target: str) -> None:
+        if target in self._pending_eval:
+            return
+        self._pending_eval.add(target)
+
+        def job() -> None:
+            self._pending_eval.discard(target)
+            with fail_open("change.evaluate"):
+                self._changes.evaluate(target)
+
+        self._decide.submit(job)
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        if now - self._last_tick >= 1.0 and self._changes._watch:
+            self._last_tick = now
+            self._decide.submit(lambda: self._changes.tick())
 
     def _check_trigger(self, target: str) -> None:
         now = _now()
@@ -338,9 +412,12 @@ class Guard:
         last = self._last_trigger.get(target)
         if last is not None and now - last < profile.cooldown_hours * 3600:
             return
-        window = merge(self.store.cells(target, since_hour=int((now - profile.analysis_window_hours * 3600) // BUCKET_S)).values())
+        since = now - profile.analysis_window_hours * 3600
+        window = merge(self.store.cells(target, since_hour=int(since // BUCKET_S)).values())
         decided = window.successes + window.failures
-        if not profile.triggers(window.failures, decided):
+        run = self._failure_runs.get(target, 0)
+        # a burst of consecutive failures (an outage) triggers even when the window's rate is low
+        if not profile.triggers(window.failures, decided) and run < max(profile.failure_threshold, OUTAGE_RUN):
             return
         self._last_trigger[target] = now
         event = {
@@ -350,6 +427,7 @@ class Guard:
             "failures": window.failures,
             "calls": decided,
             "failure_rate": window.failures / decided if decided else None,
+            "consecutive_failures": run,
             "profile": profile.as_dict(),
             "message": (
                 f"{target}: {window.failures} failures in {decided} calls over "
@@ -361,76 +439,25 @@ class Guard:
         for listener in self._trigger_listeners:
             with fail_open("trigger.listener"):
                 listener(event)
-
-    def emit(self, event: dict) -> None:
-        """Send an event to every notifier, on the notifier thread."""
-        if self.notifiers:
-            self._events.submit(event)
+        if self.strategy is not None:
+            job = lambda: run_strategy(self, target, window, since)  # noqa: E731
+            if self.strategy_inline:
+                job()
+            else:
+                self._decide.submit(job)
 
     def _dispatch(self, event: dict) -> None:
         for notifier in self.notifiers:
-            with fail_open("notifier"):
+            try:
                 notifier.notify(event)
-
-
-def _judge(success: Callable[[Any], Any] | None, result: Any) -> Any:
-    """``True`` for a good result, else the error type to record."""
-    if success is None:
-        return True
-    try:
-        return True if success(result) else PREDICATE_FAILED
-    except Exception as exc:
-        report("success predicate", exc)
-        return PREDICATE_ERROR
-
-
-class CallHandle:
-    """One call being recorded: ``with guard.call("t") as call:`` or ``async with``.
-
-    Set ``call.success = False`` to record a failure without raising, ``call.score`` for a
-    quality score, ``call.latency_s`` to record a latency measured elsewhere. Read
-    ``call.call_id`` (for later ``guard.feedback``), ``call.version``, ``call.arm`` and
-    ``call.config`` (the config of the version serving this call, when the target has one).
-    An exception inside the block is recorded and propagates unchanged.
-    """
-
-    __slots__ = ("guard", "target", "context", "success", "score", "latency_s", "call_id",
-                 "version", "arm", "config", "_ts", "_t0")
-
-    def __init__(self, guard: Guard, target: str, context: Any = None) -> None:
-        self.guard = guard
-        self.target = target
-        self.context = dict(context) if isinstance(context, dict) else context
-        self.success: bool | None = None
-        self.score: float | None = None
-        self.latency_s: float | None = None
-        self.call_id = new_id()
-        self.version: str | None = None
-        self.arm: str | None = None
-        self.config: dict | None = None
-        self._ts = self._t0 = 0.0
-
-    def __enter__(self) -> "CallHandle":
-        self._ts, self._t0 = _now(), _perf()
-        return self
-
-    def _record(self, exc: BaseException | None) -> CallRecord | None:
-        duration = self.latency_s if self.latency_s is not None else _perf() - self._t0
-        ok = True if self.success is None or self.success else MARKED_FAILED
-        return self.guard._finish(self.target, self._ts, duration, exc, ok, self.call_id, self.context,
-                                  self.score, self.version, self.arm)
-
-    def __exit__(self, et, exc, tb) -> bool:
-        record = self._record(exc)
-        if record is not None:
-            self.guard._put(record)
-        return False
-
-    async def __aenter__(self) -> "CallHandle":
-        return self.__enter__()
-
-    async def __aexit__(self, et, exc, tb) -> bool:
-        record = self._record(exc)
-        if record is not None:
-            await self.guard._aput(record)
-        return False
+            except Exception as exc:
+                report("notifier", exc)
+                name = type(notifier).__name__
+                last = self._notifier_errors.get(name, 0.0)
+                if _mono() - last < 300 and last:
+                    continue  # one trail event per notifier per 5 minutes: a dead one must not flood it
+                self._notifier_errors[name] = _mono()
+                with fail_open("trail.append"):
+                    append_event(self.store, "notifier_error", event.get("target"), change_id=event.get("change_id"),
+                                 actor=self.worker_id, notifier=name, error=repr(exc),
+                                 event_type=event.get("type"))

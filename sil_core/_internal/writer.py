@@ -48,6 +48,7 @@ class Writer:
         max_pending: int = 100_000,
         max_retry_delay: float = 5.0,
         on_written: Callable[[Sequence[CallRecord]], None] | None = None,
+        on_tick: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.interval = interval
@@ -55,6 +56,7 @@ class Writer:
         self.max_pending = max_pending
         self.max_retry_delay = max_retry_delay
         self.on_written = on_written
+        self.on_tick = on_tick
         self.dropped = 0
         self.written = 0
         self.failed_writes = 0
@@ -141,6 +143,11 @@ class Writer:
             self._wake.wait(self._delay)
             self._wake.clear()
             self._drain()
+            if self.on_tick is not None:
+                try:
+                    self.on_tick()
+                except Exception as exc:
+                    report("on_tick", exc)
         self._drain()
 
     def _drain(self) -> bool:

@@ -25,7 +25,7 @@ def test_status_table_and_json(tmp_path, capsys):
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert lines[1].split()[:3] == ["target", "calls", "success"]
-    assert lines[2].split()[:3] == ["agent-a", "10", "90.0%"] and lines[2].split()[-1] == "v1"
+    assert lines[2].split()[:3] == ["agent-a", "10", "90.0%"] and lines[2].split()[-2:] == ["v1", "-"]
     assert lines[3].split()[:3] == ["agent-b", "1", "100.0%"]
     assert main(["status", "--store", url, "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
@@ -40,3 +40,45 @@ def test_status_uses_SIL_STORE(tmp_path, monkeypatch, capsys):
         g.record("from-env", success=True, latency_s=0.1)
     assert main(["status"]) == 0
     assert "from-env" in capsys.readouterr().out
+
+
+def test_changes_trail_rollback_and_promote_commands(tmp_path, capsys):
+    from sil_core import JsonFileConfigAdapter
+
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    path = tmp_path / "cfg.json"
+    path.write_text('{"prompt": "good"}\n')
+    original = path.read_bytes()
+    with Guard(url, adapter=JsonFileConfigAdapter(path)) as g:
+        g.propose("agent", {"prompt": "bad"}, mode="switch")
+        g.propose("other", {"prompt": "v2"})  # canary: needs no adapter to roll back
+    assert path.read_text() != original.decode()
+    assert main(["changes", "--store", url]) == 0
+    out = capsys.readouterr().out
+    assert "agent" in out and "switch" in out and "canary" in out
+    # the CLI rebuilds the JSON-file adapter from the change and restores the file itself
+    assert main(["rollback", "agent", "--store", url]) == 0
+    assert path.read_bytes() == original
+    assert main(["rollback", "other", "--store", url]) == 0
+    assert main(["rollback", "agent", "--store", url]) == 1  # nothing in flight any more
+    capsys.readouterr()
+    assert main(["trail", "show", "agent", "--store", url]) == 0
+    shown = capsys.readouterr().out
+    assert "rollback_succeeded" in shown and "cli" in shown
+    assert main(["trail", "verify", "--store", url]) == 0
+    assert "trail OK" in capsys.readouterr().out
+
+
+def test_cli_promote_without_an_adapter_is_a_request(tmp_path, capsys):
+    from sil_core import DictConfigAdapter
+
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    adapter = DictConfigAdapter({"agent": {"prompt": "good"}})
+    g = Guard(url, adapter=adapter, flush_interval=60)
+    g.propose("agent", {"prompt": "v2"})
+    assert main(["promote", "agent", "--store", url]) == 0
+    assert "requested" in capsys.readouterr().out
+    g.evaluate("agent")  # the worker holding the adapter serves the request
+    assert g.change("agent").state == "promoted" and adapter.configs["agent"] == {"prompt": "v2"}
+    assert any(e["type"] == "promoted" and e["actor"] == "cli" for e in g.trail("agent"))
+    g.close()

@@ -1,0 +1,153 @@
+"""``ConfigAdapter``: the seam between "who decides" (the guard) and "who owns the config".
+
+The contract is the seed's, keyword arguments included (the guard always calls with
+``agent_id=``, ``config_patch=``, ``backup_config=``)::
+
+    get_config(agent_id) -> dict
+    apply_config(agent_id, config_patch) -> bool     # only True is success (None is not)
+    rollback_config(agent_id, backup_config) -> None # restore exactly this config
+
+Two adapters ship here: :class:`DictConfigAdapter` (configs in memory) and
+:class:`JsonFileConfigAdapter` (one JSON file per target, written atomically, restored byte
+for byte).
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+import json
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = ("ConfigAdapter", "DictConfigAdapter", "JsonFileConfigAdapter", "merge_patch")
+
+
+@runtime_checkable
+class ConfigAdapter(Protocol):
+    """What the guard needs to read, change and restore a target's config."""
+
+    def get_config(self, agent_id: str) -> dict: ...
+
+    def apply_config(self, agent_id: str, config_patch: dict) -> bool: ...
+
+    def rollback_config(self, agent_id: str, backup_config: dict) -> None: ...
+
+
+def merge_patch(config: dict, patch: dict) -> dict:
+    """The config a patch produces: a shallow update of a deep copy (seed semantics)."""
+    merged = copy.deepcopy(config)
+    merged.update(copy.deepcopy(patch))
+    return merged
+
+
+class DictConfigAdapter:
+    """Configs held in a dict (``configs[agent_id]``); thread-safe."""
+
+    def __init__(self, configs: dict[str, dict] | None = None) -> None:
+        self.configs: dict[str, dict] = configs if configs is not None else {}
+        self._lock = threading.Lock()
+
+    def get_config(self, agent_id: str) -> dict:
+        with self._lock:
+            return copy.deepcopy(self.configs.get(agent_id, {}))
+
+    def apply_config(self, agent_id: str, config_patch: dict) -> bool:
+        with self._lock:
+            self.configs[agent_id] = merge_patch(self.configs.get(agent_id, {}), config_patch)
+        return True
+
+    def rollback_config(self, agent_id: str, backup_config: dict) -> None:
+        with self._lock:
+            self.configs[agent_id] = copy.deepcopy(backup_config)
+
+
+def _digest(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+class JsonFileConfigAdapter:
+    """One JSON file per target: ``path`` itself, or ``directory/<agent_id>.json``.
+
+    Writes are atomic (temp file, fsync, ``os.replace``): a reader never sees half a file.
+    The exact bytes of every config read are remembered by content, so
+    ``rollback_config`` restores the original file byte for byte, formatting included, not
+    just an equal dict.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, per_target: bool = False, indent: int = 2) -> None:
+        self.path = Path(path)
+        self.per_target = per_target
+        self.indent = indent
+        self._raw: dict[str, bytes] = {}
+        self._lock = threading.RLock()
+
+    def file_for(self, agent_id: str) -> Path:
+        return self.path / f"{agent_id}.json" if self.per_target else self.path
+
+    def get_config(self, agent_id: str) -> dict:
+        file = self.file_for(agent_id)
+        try:
+            raw = file.read_bytes()
+        except FileNotFoundError:
+            return {}
+        config = json.loads(raw)
+        with self._lock:
+            self._raw[_digest(config)] = raw
+        return config
+
+    def apply_config(self, agent_id: str, config_patch: dict) -> bool:
+        with self._lock:
+            current = self.get_config(agent_id)
+            self._write(agent_id, json.dumps(merge_patch(current, config_patch), indent=self.indent).encode() + b"\n")
+        return True
+
+    def rollback_config(self, agent_id: str, backup_config: dict) -> None:
+        with self._lock:
+            raw = self._raw.get(_digest(backup_config))
+            if raw is None:
+                raw = json.dumps(backup_config, indent=self.indent).encode() + b"\n"
+            self._write(agent_id, raw)
+
+    def spec(self) -> dict[str, Any]:
+        """How to rebuild this adapter in another process (used by ``sil rollback``),
+        with the exact bytes of the configs read most recently, so the rebuilt adapter
+        restores byte for byte too."""
+        with self._lock:
+            recent = list(self._raw.items())[-4:]
+        return {"kind": "json_file", "path": str(self.path), "per_target": self.per_target, "indent": self.indent,
+                "raw": {digest: base64.b64encode(raw).decode("ascii") for digest, raw in recent}}
+
+    def remember(self, spec: dict[str, Any]) -> None:
+        """Learn the exact bytes carried by another instance's :meth:`spec` (so a worker
+        that did not read the baseline itself still restores it byte for byte)."""
+        with self._lock:
+            for digest, raw in (spec.get("raw") or {}).items():
+                self._raw.setdefault(digest, base64.b64decode(raw))
+
+    def _write(self, agent_id: str, data: bytes) -> None:
+        file = self.file_for(agent_id)
+        file.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, file)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def adapter_from_spec(spec: dict[str, Any] | None) -> ConfigAdapter | None:
+    """Rebuild an adapter from its :meth:`spec` (``None`` when it cannot be rebuilt)."""
+    if spec and spec.get("kind") == "json_file":
+        adapter = JsonFileConfigAdapter(spec["path"], per_target=spec.get("per_target", False), indent=spec.get("indent", 2))
+        adapter.remember(spec)
+        return adapter
+    return None

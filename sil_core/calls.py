@@ -1,0 +1,214 @@
+"""The recording shells around one call: decorator wrappers and the ``CallHandle``.
+
+Each shell only measures, routes and builds a record; the decision logic lives in the
+Guard and its ChangeManager. The user's function always runs outside any fail-open
+block, so its result and exceptions pass through untouched.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import inspect
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+from ._internal.failopen import report
+from ._internal.ids import new_id
+
+if TYPE_CHECKING:
+    from .guard import Guard
+
+__all__ = ("CallHandle", "CallInfo", "current_call")
+
+_perf = time.perf_counter
+_now = time.time
+PREDICATE_FAILED = "PredicateFailed"
+PREDICATE_ERROR = "PredicateError"
+MARKED_FAILED = "MarkedFailed"
+
+
+class CallInfo:
+    """What a guarded function can learn about its own call (see :func:`current_call`)."""
+
+    __slots__ = ("target", "version", "arm", "config")
+
+    def __init__(self, target: str, version: str | None, arm: str | None, config: dict | None) -> None:
+        self.target, self.version, self.arm, self.config = target, version, arm, config
+
+    def __repr__(self) -> str:
+        return f"CallInfo(target={self.target!r}, version={self.version!r}, arm={self.arm!r})"
+
+
+_current: contextvars.ContextVar[CallInfo | None] = contextvars.ContextVar("sil_current_call", default=None)
+
+
+def current_call() -> CallInfo | None:
+    """Inside a guarded call of a versioned target: its target, version, arm and config
+    (the arm's config during a canary). ``None`` elsewhere."""
+    return _current.get()
+
+
+def judge_result(success: Callable[[Any], Any] | None, result: Any) -> Any:
+    """``True`` for a good result, else the error type to record."""
+    if success is None:
+        return True
+    try:
+        return True if success(result) else PREDICATE_FAILED
+    except Exception as exc:
+        report("success predicate", exc)
+        return PREDICATE_ERROR
+
+
+def routing_key(key: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+    """The routing key a user's ``key=`` callable gives for a call (``None`` if it raises)."""
+    try:
+        return key(*args, **kwargs)
+    except Exception as exc:
+        report("routing key", exc)
+        return None
+
+
+def is_coroutine_callable(fn: Any) -> bool:
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if inspect.iscoroutinefunction(fn):
+        return True
+    return inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+
+
+def wrap(guard: "Guard", fn: Callable, target: str, success: Callable | None, key: Callable | None) -> Callable:
+    """The recording wrapper of ``fn`` (sync, async, generator or async generator)."""
+    if inspect.isasyncgenfunction(fn):
+        shell = _asyncgen_shell
+    elif inspect.isgeneratorfunction(fn):
+        shell = _gen_shell
+    elif is_coroutine_callable(fn):
+        shell = _async_shell
+    else:
+        shell = _sync_shell
+    wrapper = functools.wraps(fn)(shell(guard, fn, target, success, key))
+    wrapper.guard = guard  # type: ignore[attr-defined]
+    wrapper.target = target  # type: ignore[attr-defined]
+    return wrapper
+
+
+def _sync_shell(guard, fn, target, success, key):
+    start, finish, put = guard._start_call, guard._finish, guard._put
+
+    def guarded(*args, **kwargs):
+        route, token = start(target, None if key is None else routing_key(key, args, kwargs))
+        ts, t0 = _now(), _perf()
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            put(finish(target, ts, _perf() - t0, exc, True, route, token))
+            raise
+        put(finish(target, ts, _perf() - t0, None, judge_result(success, result), route, token))
+        return result
+
+    return guarded
+
+
+def _async_shell(guard, fn, target, success, key):
+    start, finish, aput = guard._start_call, guard._finish, guard._aput
+
+    async def guarded(*args, **kwargs):
+        route, token = start(target, None if key is None else routing_key(key, args, kwargs))
+        ts, t0 = _now(), _perf()
+        try:
+            result = await fn(*args, **kwargs)
+        except BaseException as exc:
+            await aput(finish(target, ts, _perf() - t0, exc, True, route, token))
+            raise
+        await aput(finish(target, ts, _perf() - t0, None, judge_result(success, result), route, token))
+        return result
+
+    return guarded
+
+
+def _gen_shell(guard, fn, target, success, key):
+    start, finish, put = guard._start_call, guard._finish, guard._put
+
+    def guarded(*args, **kwargs):
+        route, token = start(target, None if key is None else routing_key(key, args, kwargs))
+        ts, t0 = _now(), _perf()
+        error: BaseException | None = None
+        result = None
+        try:
+            result = yield from fn(*args, **kwargs)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            put(finish(target, ts, _perf() - t0, error, True if error else judge_result(success, result), route, token))
+        return result
+
+    return guarded
+
+
+def _asyncgen_shell(guard, fn, target, success, key):
+    start, finish, put = guard._start_call, guard._finish, guard._put
+
+    async def guarded(*args, **kwargs):
+        route, token = start(target, None if key is None else routing_key(key, args, kwargs))
+        ts, t0 = _now(), _perf()
+        error: BaseException | None = None
+        try:
+            async for item in fn(*args, **kwargs):
+                yield item
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            put(finish(target, ts, _perf() - t0, error, True, route, token))
+
+    return guarded
+
+
+class CallHandle:
+    """One call being recorded: ``with guard.call("t") as call:`` or ``async with``.
+
+    Set ``call.success = False`` to record a failure without raising, ``call.score`` for a
+    quality score, ``call.latency_s`` to record a latency measured elsewhere. Read
+    ``call.call_id`` (for later ``guard.feedback``), ``call.version``, ``call.arm`` and
+    ``call.config``: the config of the version serving this call (during a canary, the
+    baseline's or the candidate's; ``None`` for a target without versions).
+    An exception inside the block is recorded and propagates unchanged.
+    """
+
+    __slots__ = ("guard", "target", "context", "success", "score", "latency_s", "call_id",
+                 "version", "arm", "config", "_route", "_token", "_ts", "_t0")
+
+    def __init__(self, guard: "Guard", target: str, context: Any = None, key: Any = None) -> None:
+        self.guard = guard
+        self.target = target
+        self.context = dict(context) if isinstance(context, dict) else context
+        self.success: bool | None = None
+        self.score: float | None = None
+        self.latency_s: float | None = None
+        self.call_id = new_id()
+        self._route, self._token = guard._start_call(target, key)
+        self.version, self.arm, self.config = self._route if self._route else (None, None, None)
+        self._ts = self._t0 = 0.0
+
+    def __enter__(self) -> "CallHandle":
+        self._ts, self._t0 = _now(), _perf()
+        return self
+
+    def _record(self, exc: BaseException | None):
+        duration = self.latency_s if self.latency_s is not None else _perf() - self._t0
+        ok = True if self.success is None or self.success else MARKED_FAILED
+        return self.guard._finish(self.target, self._ts, duration, exc, ok, self._route, self._token,
+                                  self.call_id, self.context, self.score)
+
+    def __exit__(self, et, exc, tb) -> bool:
+        self.guard._put(self._record(exc))
+        return False
+
+    async def __aenter__(self) -> "CallHandle":
+        return self.__enter__()
+
+    async def __aexit__(self, et, exc, tb) -> bool:
+        await self.guard._aput(self._record(exc))
+        return False

@@ -1,0 +1,621 @@
+"""Guarded config changes: propose, route calls to arms, judge, promote or roll back.
+
+``ChangeManager`` is the Guard's engine for changes. Its state lives in the store (change
+rows, target heads, versions, the trail), so every worker sharing a store sees the same
+change; each move is a compare-and-set on the change row, and acting on a verdict (a
+promotion or a rollback, which call the user's adapter) first takes a short lease on the
+row, so exactly one worker acts. Judging reads aggregate cells pooled across workers.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import random
+import socket
+import threading
+import time
+import zlib
+from typing import TYPE_CHECKING, Any, Callable
+
+from ._internal.failopen import fail_open, report
+from ._internal.ids import new_id
+from .adapters import ConfigAdapter, adapter_from_spec, merge_patch
+from .aggregates import BUCKET_S, Cell, merge
+from .detect import ConsecutiveFailures, Verdict, judge
+from .detect.detector import p95_look
+from .errors import ConfigError
+from .policy import RolloutPolicy
+from .records import CallRecord
+from .rollout import IN_FLIGHT, Change, InvalidTransition, State, check_transition
+from .trail import append_event
+from .versions import get_version, put_version
+
+if TYPE_CHECKING:
+    from .guard import Guard
+
+__all__ = ("ChangeManager",)
+
+_mono = time.monotonic
+LEASE_S = 60.0
+MAX_RESTORE_ATTEMPTS = 10
+CANDIDATE, BASELINE = "candidate", "baseline"
+
+
+def patch_hash(patch: dict) -> str:
+    return hashlib.sha256(json.dumps(patch, sort_keys=True, separators=(",", ":"), default=repr).encode()).hexdigest()[:16]
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class _View:
+    """What the hot path needs about a target, cached for ``refresh_s``."""
+
+    __slots__ = ("expires", "unversioned", "active", "active_config", "change_id", "state", "mode", "weight",
+                 "baseline", "baseline_config", "candidate", "candidate_config")
+
+    def __init__(self, expires: float) -> None:
+        self.expires = expires
+        self.active = self.active_config = self.change_id = self.state = self.mode = None
+        self.baseline = self.baseline_config = self.candidate = self.candidate_config = None
+        self.weight = 0.0
+        self.unversioned = True
+
+
+class ChangeManager:
+    """Changes of every target of one Guard (see module docstring)."""
+
+    def __init__(self, guard: "Guard", *, refresh_s: float = 0.5) -> None:
+        self.guard = guard
+        self.store = guard.store
+        self.refresh_s = refresh_s
+        self.adapters: dict[str, ConfigAdapter] = {}
+        self._views: dict[str, _View] = {}
+        self._tripwires: dict[str, ConsecutiveFailures] = {}
+        self._baseline_recent: dict[str, list[bool]] = {}
+        self._tripped: set[str] = set()
+        self._p95_looks: dict[str, int] = {}
+        self._watch: set[str] = set()  # targets with a change in flight, known to this worker
+        self._lock = threading.RLock()
+
+    @property
+    def worker_id(self) -> str:
+        return self.guard.worker_id
+
+    # -- the hot path ---------------------------------------------------------------------
+    def view(self, target: str) -> _View:
+        v = self._views.get(target)
+        if v is None or _mono() > v.expires:
+            v = self._refresh(target)
+        return v
+
+    def route(self, target: str, key: Any = None) -> tuple[str | None, str | None, dict | None]:
+        """``(version, arm, config)`` serving one call of ``target``."""
+        v = self.view(target)
+        if v.state is None or v.state not in (State.CANARY, State.PAUSED):
+            return v.active, None, None if v.active_config is None else dict(v.active_config)
+        if v.mode == "switch":
+            return v.candidate, CANDIDATE, dict(v.candidate_config)
+        if key is None:
+            u = random.random()
+        else:
+            u = zlib.crc32(f"{v.change_id}:{key}".encode()) / 4294967296.0
+        if u < v.weight:
+            return v.candidate, CANDIDATE, dict(v.candidate_config)
+        return v.baseline, BASELINE, dict(v.baseline_config)
+
+    def _refresh(self, target: str) -> _View:
+        view = _View(_mono() + self.refresh_s)
+        try:
+            head = self._head(target)
+            if head.get("active"):
+                view.active = head["active"]
+                view.active_config = get_version(self.store, target, view.active)
+            row = self._change_row(head.get("change_id"))
+            if row is not None:
+                view.change_id, view.state, view.mode = row["id"], row["state"], row["mode"]
+                view.weight = row.get("weight", 0.0)
+                view.baseline, view.candidate = row["baseline_version"], row["candidate_version"]
+                view.baseline_config = get_version(self.store, target, view.baseline)
+                view.candidate_config = get_version(self.store, target, view.candidate)
+                with self._lock:
+                    if row["state"] in IN_FLIGHT:
+                        self._watch.add(target)
+                    else:
+                        self._watch.discard(target)
+        except Exception as exc:  # a broken store: keep serving what we knew (fail open)
+            report("change.refresh", exc)
+            old = self._views.get(target)
+            if old is not None:
+                old.expires = _mono() + self.refresh_s
+                return old
+        view.unversioned = view.active is None and view.state is None
+        self._views[target] = view
+        return view
+
+    def invalidate(self, target: str) -> None:
+        self._views.pop(target, None)
+
+    # -- rows -----------------------------------------------------------------------------
+    def _head(self, target: str) -> dict:
+        row = self.store.kv_get("head", target)
+        return row[0] if row else {}
+
+    def _change_row(self, change_id: str | None) -> dict | None:
+        if not change_id:
+            return None
+        row = self.store.kv_get("change", change_id)
+        return row[0] if row else None
+
+    def _update_head(self, target: str, fn: Callable[[dict], None]) -> None:
+        for _ in range(50):
+            got = self.store.kv_get("head", target)
+            head, rev = (got if got else ({}, 0))
+            fn(head)
+            if self.store.kv_put("head", target, head, expect_rev=rev) is not None:
+                self.invalidate(target)
+                return
+        raise RuntimeError(f"could not update the head of {target!r}: too much contention")
+
+    def latest_row(self, target: str) -> dict | None:
+        return self._change_row(self._head(target).get("change_id"))
+
+    def _trail(self, type: str, target: str, change_id: str | None, actor: str | None = None, **data: Any) -> dict | None:
+        with fail_open("trail.append"):
+            return append_event(self.store, type, target, change_id=change_id, actor=actor or self.worker_id, **data)
+        return None
+
+    def _notify(self, type: str, target: str, message: str, **data: Any) -> None:
+        self.guard.emit({"type": type, "target": target, "ts": time.time(), "message": message, **data})
+
+    # -- propose --------------------------------------------------------------------------
+    def propose(self, target: str, patch: dict, *, adapter: ConfigAdapter | None, mode: str,
+                policy: RolloutPolicy | None, actor: str | None = None, approve: bool = True,
+                metadata: dict | None = None) -> Change:
+        if mode not in ("canary", "switch"):
+            raise ConfigError(f"mode must be 'canary' or 'switch', not {mode!r}")
+        if not isinstance(patch, dict) or not patch:
+            raise ConfigError("a patch must be a non-empty dict")
+        adapter = adapter or self.adapters.get(target) or self.guard.adapter
+        if adapter is None:
+            raise ConfigError(f"propose({target!r}) needs an adapter= (or Guard(adapter=...))")
+        policy = policy or self.guard.policy
+        actor = actor or self.worker_id
+        self.adapters[target] = adapter
+        now = time.time()
+        head = self._head(target)
+        row: dict[str, Any] = {
+            "id": new_id(), "target": target, "state": State.PROPOSED, "mode": mode, "patch": copy.deepcopy(patch),
+            "patch_hash": patch_hash(patch), "policy": policy.as_dict(), "created": now, "updated": now,
+            "actor": actor, "weight": 0.0, "step": 0, "step_started_n": 0, "reason": "",
+            "baseline_version": head.get("active") or "", "candidate_version": "", "metadata": metadata or {},
+        }
+        in_flight = self._change_row(head.get("change_id"))
+        if in_flight is not None and in_flight["state"] in IN_FLIGHT:
+            return self._reject(row, f"change {in_flight['id']} is still {in_flight['state']}; "
+                                     "one change in flight per target", store=False)
+        until = (head.get("blocked") or {}).get(row["patch_hash"])
+        if until is not None and until > now:
+            return self._reject(row, f"this patch was rolled back; refused until {time.ctime(until)} (cooldown)")
+        try:
+            baseline_config = adapter.get_config(agent_id=target)
+            if not isinstance(baseline_config, dict):
+                raise TypeError(f"get_config returned {type(baseline_config).__name__}, not dict")
+        except Exception as exc:
+            self._trail("adapter_error", target, row["id"], actor, stage="get_config", error=repr(exc))
+            return self._reject(row, f"adapter.get_config failed: {exc!r}")
+        spec = getattr(adapter, "spec", None)
+        if callable(spec):  # after get_config: the spec carries the baseline's exact bytes
+            with fail_open("adapter.spec"):
+                row["adapter_spec"] = spec()
+        candidate_config = merge_patch(baseline_config, patch)
+        row["baseline_version"] = put_version(self.store, target, baseline_config)
+        row["candidate_version"] = put_version(self.store, target, candidate_config)
+        row["backup"] = copy.deepcopy(baseline_config)
+        if row["candidate_version"] == row["baseline_version"]:
+            return self._reject(row, "the patch changes nothing")
+
+        if self.store.kv_put("change", row["id"], row, expect_rev=0) is None:
+            raise RuntimeError("change id collision")
+        won = []
+
+        def claim(h: dict) -> None:
+            current = self._change_row(h.get("change_id"))
+            won[:] = [current is None or current["state"] not in IN_FLIGHT]
+            if won[0]:
+                h["change_id"] = row["id"]
+                h.setdefault("active", row["baseline_version"])
+
+        self._update_head(target, claim)
+        if not won[0]:
+            return self._reject(row, "another change of this target was proposed at the same moment", rev=1)
+        self._trail("change_proposed", target, row["id"], actor, mode=mode, patch=patch,
+                    baseline_version=row["baseline_version"], candidate_version=row["candidate_version"],
+                    policy=row["policy"], metadata=row["metadata"])
+        if not approve:
+            self.invalidate(target)
+            return Change.from_row(row)
+        return self._start(target, row["id"], actor)
+
+    def _reject(self, row: dict, reason: str, *, store: bool = True, rev: int | None = None) -> Change:
+        row.update(state=State.REJECTED, reason=reason, updated=time.time())
+        if store:
+            with fail_open("change.reject"):
+                self.store.kv_put("change", row["id"], row, expect_rev=rev if rev is not None else 0)
+        self._trail("change_rejected", row["target"], row["id"], row.get("actor"), reason=reason, patch=row["patch"])
+        return Change.from_row(row)
+
+    def approve(self, target: str, actor: str) -> Change:
+        """Start a change that waits for approval (state ``proposed``)."""
+        row = self.latest_row(target)
+        if row is None or row["state"] != State.PROPOSED:
+            raise InvalidTransition(f"{target!r} has no change waiting for approval")
+        return self._start(target, row["id"], actor)
+
+    def _start(self, target: str, change_id: str, actor: str) -> Change:
+        got = self.store.kv_get("change", change_id)
+        row, rev = got
+        policy = RolloutPolicy.from_dict(row["policy"])
+        adapter = self._adapter_for(target, row)
+        cells = self.store.cells(target)
+        if row["mode"] == "switch":
+            try:
+                applied = adapter.apply_config(agent_id=target, config_patch=row["patch"])
+            except Exception as exc:
+                applied = exc
+            if applied is not True:  # None is not success (seed bug B8)
+                why = f"adapter.apply_config returned {applied!r}" if not isinstance(applied, Exception) \
+                    else f"adapter.apply_config raised {applied!r}"
+                self._trail("adapter_error", target, change_id, actor, stage="apply_config", error=why)
+                return self._reject(row, why, rev=rev)
+            row["frozen_baseline"] = self._frozen_baseline(target, row["baseline_version"], policy)
+            row["weight"] = 1.0
+        else:
+            row["weight"] = policy.ramp[0]
+            row["snapshot_baseline"] = _cell_dump(cells.get((row["baseline_version"], BASELINE)))
+        row["snapshot_candidate"] = _cell_dump(cells.get((row["candidate_version"], CANDIDATE)))
+        row.update(state=State.CANARY, updated=time.time())
+        if self.store.kv_put("change", change_id, row, expect_rev=rev) is None:
+            return Change.from_row(self.store.kv_get("change", change_id)[0])
+        if row["mode"] == "switch":
+            self._update_head(target, lambda h: h.update(active=row["candidate_version"]))
+        self.invalidate(target)
+        with self._lock:
+            self._watch.add(target)
+        self._trail("change_applied", target, change_id, actor, mode=row["mode"], weight=row["weight"],
+                    candidate_version=row["candidate_version"])
+        self._notify("change_applied", target, f"{target}: {row['mode']} of {row['candidate_version']} "
+                     f"(from {row['baseline_version']}) started at weight {row['weight']:.0%}", change_id=change_id)
+        return Change.from_row(row)
+
+    def _frozen_baseline(self, target: str, version: str, policy: RolloutPolicy) -> list:
+        since = int((time.time() - policy.baseline_window_hours * 3600) // BUCKET_S)
+        window = merge(self.store.cells(target, version=version, since_hour=since).values())
+        if window.successes + window.failures < policy.min_calls:
+            window = merge(self.store.cells(target, version=version).values())
+        return _cell_dump(window)
+
+    def _adapter_for(self, target: str, row: dict) -> ConfigAdapter | None:
+        return self.adapters.get(target) or self.guard.adapter or adapter_from_spec(row.get("adapter_spec"))
+
+    # -- evidence and judging -------------------------------------------------------------
+    def evidence(self, row: dict) -> tuple[Cell, Cell]:
+        """``(baseline, candidate)`` cells of a change: its own calls only."""
+        cells = self.store.cells(row["target"])
+        cand = (cells.get((row["candidate_version"], CANDIDATE)) or Cell()).copy()
+        cand.add(_cell_load(row.get("snapshot_candidate")), -1)
+        if row["mode"] == "switch":
+            base = _cell_load(row.get("frozen_baseline"))
+        else:
+            base = (cells.get((row["baseline_version"], BASELINE)) or Cell()).copy()
+            base.add(_cell_load(row.get("snapshot_baseline")), -1)
+        return base, cand
+
+    def current_verdict(self, row: dict) -> Verdict:
+        base, cand = self.evidence(row)
+        return judge(base, cand, RolloutPolicy.from_dict(row["policy"]))
+
+    def observe(self, calls: list[CallRecord]) -> set[str]:
+        """Feed written records to the tripwires; returns targets worth judging now."""
+        with self._lock:
+            watch = set(self._watch)
+        if not watch:
+            return set()
+        due = set()
+        for r in calls:
+            if r.target not in watch or r.arm is None:
+                continue
+            due.add(r.target)
+            v = self._views.get(r.target)
+            if v is None or v.change_id is None:
+                continue
+            if r.arm == CANDIDATE:
+                trip = self._tripwires.get(v.change_id)
+                if trip is None:
+                    limit = RolloutPolicy().tripwire_consecutive
+                    row = self._change_row(v.change_id)
+                    if row:
+                        limit = RolloutPolicy.from_dict(row["policy"]).tripwire_consecutive
+                    trip = self._tripwires[v.change_id] = ConsecutiveFailures(limit)
+                if trip.observe(r.success):
+                    self._tripped.add(v.change_id)
+            elif r.success is not None:
+                recent = self._baseline_recent.setdefault(v.change_id, [])
+                recent.append(r.success)
+                del recent[:-20]
+        return due
+
+    def evaluate(self, target: str) -> Verdict | None:
+        """Judge the target's change in flight and act on the verdict (one worker acts)."""
+        row = self.latest_row(target)
+        if row is None:
+            return None
+        if row["state"] == State.RESTORE_FAILED:
+            if time.time() >= row.get("restore", {}).get("next_at", 0) and \
+                    row.get("restore", {}).get("attempts", 0) < MAX_RESTORE_ATTEMPTS:
+                self.rollback(target, None, actor=self.worker_id)
+            return None
+        if row.get("requested") and row["state"] in (State.CANARY, State.PAUSED):
+            request = row["requested"]
+            verdict = Verdict(Verdict.REGRESSED if request["action"] == "rollback" else Verdict.HEALTHY,
+                              f"requested by {request['actor']}", "manual")
+            if request["action"] == "rollback":
+                self.rollback(target, verdict, actor=request["actor"])
+            else:
+                self.promote(target, verdict, actor=request["actor"])
+            return verdict
+        if row["state"] != State.CANARY:
+            return None
+        policy = RolloutPolicy.from_dict(row["policy"])
+        base, cand = self.evidence(row)
+        cid = row["id"]
+        look = p95_look(cand.lat_n)
+        check_p95 = look > self._p95_looks.get(cid, -1)
+        if check_p95:
+            self._p95_looks[cid] = look
+        verdict = judge(base, cand, policy, check_p95=check_p95)
+        n_b = cand.successes + cand.failures
+        if cid in self._tripped and verdict.kind != Verdict.REGRESSED:
+            self._tripped.discard(cid)
+            recent = self._baseline_recent.get(cid, [])
+            outage = row["mode"] == "canary" and len(recent) >= 5 and sum(1 for ok in recent if not ok) >= len(recent) / 2
+            if not outage:
+                verdict = Verdict(Verdict.REGRESSED, f"{policy.tripwire_consecutive} consecutive candidate failures "
+                                  f"(tripwire, before any statistical test)", "tripwire", verdict.evidence)
+        last_step = row["mode"] == "switch" or row.get("step", 0) >= len(policy.ramp) - 1
+        decided = None
+        if verdict.kind == Verdict.REGRESSED:
+            decided = "rollback"
+        elif verdict.kind == Verdict.HEALTHY and last_step:
+            decided = "promote"
+        elif n_b >= policy.horizon:
+            decided = {"keep": "promote", "hold": "pause", "rollback": "rollback"}[policy.on_inconclusive]
+            verdict = Verdict(verdict.kind, f"horizon of {policy.horizon} candidate calls reached without a "
+                              f"decision: on_inconclusive={policy.on_inconclusive!r}", "horizon", verdict.evidence)
+        if decided and policy.observe_only:
+            if row.get("observed") != decided:
+                got = self.store.kv_get("change", cid)
+                if got and got[0].get("observed") != decided:
+                    got[0]["observed"] = decided
+                    if self.store.kv_put("change", cid, got[0], expect_rev=got[1]) is not None:
+                        self._trail("verdict", target, cid, verdict=verdict.as_dict(), observe_only=True,
+                                    would=decided)
+            return verdict
+        if decided == "rollback":
+            self.rollback(target, verdict, actor=self.worker_id)
+        elif decided == "promote":
+            self.promote(target, verdict, actor=self.worker_id)
+        elif decided == "pause":
+            self.set_paused(target, True, actor=self.worker_id, verdict=verdict)
+        elif not last_step and not policy.observe_only and (
+                verdict.kind == Verdict.HEALTHY or n_b - row.get("step_started_n", 0) >= policy.step_calls):
+            self._advance(row, n_b)
+        return verdict
+
+    def _advance(self, row: dict, n_b: int) -> None:
+        got = self.store.kv_get("change", row["id"])
+        if got is None:
+            return
+        current, rev = got
+        if current["state"] != State.CANARY or current.get("step", 0) != row.get("step", 0):
+            return
+        policy = RolloutPolicy.from_dict(current["policy"])
+        step = current.get("step", 0) + 1
+        current.update(step=step, weight=policy.ramp[step], step_started_n=n_b, updated=time.time())
+        if self.store.kv_put("change", row["id"], current, expect_rev=rev) is not None:
+            self.invalidate(row["target"])
+            self._trail("arm_weight_changed", row["target"], row["id"], weight=policy.ramp[step],
+                        step=step, candidate_calls=n_b)
+
+    # -- acting (lease, then adapter, then commit) ----------------------------------------
+    def _acquire(self, target: str, allowed: set[str]) -> tuple[dict, int] | None:
+        head = self._head(target)
+        got = self.store.kv_get("change", head.get("change_id") or "")
+        if got is None:
+            return None
+        row, rev = got
+        if row["state"] not in allowed:
+            return None
+        lease = row.get("lease")
+        now = time.time()
+        if lease and lease["until"] > now and lease["owner"] != self.worker_id:
+            return None
+        row["lease"] = {"owner": self.worker_id, "until": now + LEASE_S}
+        new_rev = self.store.kv_put("change", row["id"], row, expect_rev=rev)
+        return (row, new_rev) if new_rev is not None else None
+
+    def _commit(self, row: dict, rev: int, **fields: Any) -> bool:
+        check_transition(row["state"], fields.get("state", row["state"]))
+        row.update(fields, updated=time.time())
+        row.pop("lease", None)
+        row.pop("requested", None)
+        ok = self.store.kv_put("change", row["id"], row, expect_rev=rev) is not None
+        self.invalidate(row["target"])
+        return ok
+
+    def rollback(self, target: str, verdict: Verdict | None, *, actor: str) -> bool:
+        """Restore the baseline (switch mode: through the adapter) and end the change."""
+        acquired = self._acquire(target, {State.CANARY, State.PAUSED, State.RESTORE_FAILED})
+        if acquired is None:
+            return False
+        row, rev = acquired
+        adapter = self._adapter_for(target, row) if row["mode"] == "switch" else None
+        if row["mode"] == "switch" and adapter is None:
+            self._commit(row, rev)  # release: a worker holding the adapter will act
+            return False
+        first = row["state"] != State.RESTORE_FAILED
+        verdict_dict = verdict.as_dict() if verdict else row.get("verdict")
+        if first:
+            self._trail("rollback_started", target, row["id"], actor, verdict=verdict_dict)
+        error = None
+        if adapter is not None:
+            remember = getattr(adapter, "remember", None)
+            if callable(remember) and row.get("adapter_spec"):
+                with fail_open("adapter.remember"):
+                    remember(row["adapter_spec"])
+            try:
+                adapter.rollback_config(agent_id=target, backup_config=copy.deepcopy(row["backup"]))
+                restored = adapter.get_config(agent_id=target)
+                if restored != row["backup"]:
+                    error = "after rollback_config the adapter still reports a different config"
+            except Exception as exc:
+                error = repr(exc)
+        if error is None:
+            policy = RolloutPolicy.from_dict(row["policy"])
+            if not self._commit(row, rev, state=State.ROLLED_BACK, verdict=verdict_dict,
+                                reason=(verdict.reason if verdict else row.get("reason", ""))):
+                return False
+
+            def unblock(h: dict) -> None:
+                h["active"] = row["baseline_version"]
+                h.setdefault("blocked", {})[row["patch_hash"]] = time.time() + policy.cooldown_hours * 3600
+
+            self._update_head(target, unblock)
+            with self._lock:
+                self._watch.discard(target)
+            self._trail("rollback_succeeded", target, row["id"], actor, restored_version=row["baseline_version"],
+                        mode=row["mode"], restore_attempts=row.get("restore", {}).get("attempts", 0))
+            self._notify("rollback_succeeded", target,
+                         f"{target}: rolled back {row['candidate_version']} to {row['baseline_version']}"
+                         + (f" ({verdict.reason})" if verdict else ""), change_id=row["id"])
+            self._tell_strategy(row, verdict)
+            return True
+        restore = row.get("restore", {})
+        attempts = restore.get("attempts", 0) + 1
+        self._commit(row, rev, state=State.RESTORE_FAILED, verdict=verdict_dict,
+                     restore={"attempts": attempts, "next_at": time.time() + min(300.0, 2.0 ** attempts),
+                              "error": error})
+        if first:  # recorded and alerted once, never reported as a success (seed bug B4)
+            self._trail("restore_failed", target, row["id"], actor, error=error)
+            self._notify("restore_failed", target, f"{target}: ROLLBACK FAILED, the baseline config was NOT "
+                         f"restored: {error}; retrying with backoff", change_id=row["id"])
+        return False
+
+    def promote(self, target: str, verdict: Verdict | None, *, actor: str) -> bool:
+        """Make the candidate the active version (canary mode: through the adapter)."""
+        acquired = self._acquire(target, {State.CANARY, State.PAUSED})
+        if acquired is None:
+            return False
+        row, rev = acquired
+        if row["mode"] == "canary":
+            adapter = self._adapter_for(target, row)
+            if adapter is None:
+                self._commit(row, rev)
+                return False
+            try:
+                applied = adapter.apply_config(agent_id=target, config_patch=copy.deepcopy(row["patch"]))
+            except Exception as exc:
+                applied = exc
+            if applied is not True:
+                self._trail("adapter_error", target, row["id"], actor, stage="apply_config (promotion)",
+                            error=repr(applied))
+                self._commit(row, rev, state=State.PAUSED, reason=f"promotion failed: apply_config gave {applied!r}")
+                return False
+        verdict_dict = verdict.as_dict() if verdict else None
+        if not self._commit(row, rev, state=State.PROMOTED, verdict=verdict_dict, weight=1.0,
+                            reason=verdict.reason if verdict else "promoted"):
+            return False
+        self._update_head(target, lambda h: h.update(active=row["candidate_version"]))
+        with self._lock:
+            self._watch.discard(target)
+        self._trail("promoted", target, row["id"], actor, verdict=verdict_dict, version=row["candidate_version"])
+        self._notify("promoted", target, f"{target}: promoted {row['candidate_version']}"
+                     + (f" ({verdict.reason})" if verdict else ""), change_id=row["id"])
+        self._tell_strategy(row, verdict)
+        return True
+
+    def set_paused(self, target: str, paused: bool, *, actor: str, verdict: Verdict | None = None) -> bool:
+        got = self.store.kv_get("change", self._head(target).get("change_id") or "")
+        if got is None:
+            raise InvalidTransition(f"{target!r} has no change in flight")
+        row, rev = got
+        new = State.PAUSED if paused else State.CANARY
+        if row["state"] == new:
+            return True
+        check_transition(row["state"], new)
+        row.update(state=new, updated=time.time())
+        if verdict is not None:
+            row["verdict"] = verdict.as_dict()
+        if self.store.kv_put("change", row["id"], row, expect_rev=rev) is None:
+            return False
+        self.invalidate(target)
+        self._trail("paused" if paused else "resumed", target, row["id"], actor,
+                    verdict=verdict.as_dict() if verdict else None)
+        return True
+
+    def request(self, target: str, action: str, actor: str) -> bool:
+        """Ask the workers that hold the adapter to promote or roll back (used by the CLI)."""
+        got = self.store.kv_get("change", self._head(target).get("change_id") or "")
+        if got is None or got[0]["state"] not in (State.CANARY, State.PAUSED):
+            raise InvalidTransition(f"{target!r} has no change in flight")
+        row, rev = got
+        row["requested"] = {"action": action, "actor": actor, "ts": time.time()}
+        return self.store.kv_put("change", row["id"], row, expect_rev=rev) is not None
+
+    def pin(self, target: str, version: str, *, adapter: ConfigAdapter | None, actor: str) -> None:
+        row = self.latest_row(target)
+        if row is not None and row["state"] in IN_FLIGHT:
+            raise InvalidTransition(f"{target!r} has change {row['id']} in flight; promote or roll it back first")
+        config = get_version(self.store, target, version)
+        if config is None:
+            raise ConfigError(f"{target!r} has no version {version!r}")
+        adapter = adapter or self.adapters.get(target) or self.guard.adapter
+        if adapter is not None:
+            adapter.rollback_config(agent_id=target, backup_config=copy.deepcopy(config))
+        self._update_head(target, lambda h: h.update(active=version, pinned=True))
+        self._trail("pinned", target, None, actor, version=version, through_adapter=adapter is not None)
+
+    def _tell_strategy(self, row: dict, verdict: Verdict | None) -> None:
+        strategy = self.guard.strategy
+        hook = getattr(strategy, "on_verdict", None)
+        if callable(hook):
+            try:
+                hook(Change.from_row(row, verdict), verdict)
+            except Exception as exc:
+                report("strategy.on_verdict", exc)
+                self._trail("strategy_error", row["target"], row["id"], stage="on_verdict", error=repr(exc))
+
+    def tick(self) -> None:
+        """Periodic work of this worker: restores to retry, requests to serve, horizons."""
+        with self._lock:
+            targets = list(self._watch)
+        for target in targets:
+            with fail_open("change.tick"):
+                self.evaluate(target)
+
+
+def _cell_dump(cell: Cell | None) -> list | None:
+    if cell is None:
+        return None
+    return [list(cell.values()), {str(b): n for b, n in cell.hist.items()}]
+
+
+def _cell_load(data: list | None) -> Cell:
+    if not data:
+        return Cell()
+    values, hist = data
+    return Cell.from_values(values, {int(b): n for b, n in hist.items()})

@@ -1,0 +1,281 @@
+"""The seed's public API (``self-improving-loop`` 0.1.x) on top of the Guard.
+
+``SelfImprovingLoop.execute_with_improvement`` keeps its signature and return keys, and
+runs in switch mode: the strategy's patch is applied through the ``ConfigAdapter``, judged
+against a frozen baseline of the calls before it, and rolled back on evidence. What the
+seed got wrong is fixed underneath (``seed-findings.md`` §6): the statistics (A1-A7), the
+lifecycle (B1-B9), shared state across threads and processes (C1-C3), and async calls,
+error payloads and bookkeeping errors (D1-D6).
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from ._internal.failopen import report
+from .adapters import ConfigAdapter
+from .guard import Guard
+from .notify import TelegramNotifier
+from .policy import RolloutPolicy
+from .rollout import State
+from .store.jsonl import JsonlStore
+from .store.sqlite import SqliteStore
+from .thresholds import AdaptiveThreshold
+
+__all__ = ("AutoRollback", "SelfImprovingLoop")
+
+DEFAULT_DATA_DIR = Path.home() / ".self-improving-loop" / "data"
+
+
+class _StrategyHooks:
+    """The seed's legacy strategy hooks (``current_config``/``apply``/``rollback``) as a
+    ConfigAdapter, used when no ``config_adapter`` is given."""
+
+    def __init__(self, strategy: Any) -> None:
+        self.strategy = strategy
+
+    def get_config(self, agent_id: str) -> dict:
+        return dict(self.strategy.current_config(agent_id=agent_id))
+
+    def apply_config(self, agent_id: str, config_patch: dict) -> bool:
+        return self.strategy.apply(agent_id=agent_id, config_patch=config_patch)
+
+    def rollback_config(self, agent_id: str, backup_config: dict) -> None:
+        self.strategy.rollback(agent_id=agent_id, backup_config=backup_config)
+
+
+def _seed_metrics(arm: dict[str, Any] | None, n: int) -> dict[str, Any]:
+    arm = arm or {}
+    return {"success_rate": arm.get("rate", 0.0), "avg_duration_sec": arm.get("latency", 0.0), "total_tasks": n,
+            "consecutive_failures": arm.get("consecutive", 0)}
+
+
+class AutoRollback:
+    """The seed's ``loop.auto_rollback``: rollback history read from the trail."""
+
+    def __init__(self, guard: Guard) -> None:
+        self._guard = guard
+
+    def get_rollback_history(self, agent_id: str | None = None) -> list[dict[str, Any]]:
+        """One entry per completed rollback: ``rollback_id``, ``agent_id``, ``backup_id``,
+        ``improvement_id``, ``timestamp``, ``config_restored``, ``reason`` (the seed's README
+        promised ``reason``; its records had none)."""
+        events = self._guard.trail(agent_id)
+        started = {e["change_id"]: e for e in events if e.get("type") == "rollback_started"}
+        out = []
+        for e in events:
+            if e.get("type") != "rollback_succeeded":
+                continue
+            verdict = (started.get(e["change_id"], {}).get("data") or {}).get("verdict") or {}
+            row = self._guard.store.kv_get("change", e["change_id"])
+            out.append({
+                "rollback_id": f"rollback_{e['seq']}", "agent_id": e["target"], "backup_id": e["change_id"],
+                "improvement_id": e["change_id"], "timestamp": e["ts"],
+                "config_restored": row[0].get("backup") if row else None, "reason": verdict.get("reason", ""),
+            })
+        return out
+
+    def get_stats(self) -> dict[str, Any]:
+        history = self.get_rollback_history()
+        agents = sorted({h["agent_id"] for h in history})
+        return {"total_rollbacks": len(history), "agents_rolled_back": len(agents), "agents": agents}
+
+
+class SelfImprovingLoop:
+    """Seed-compatible loop: run a call, improve on failures, roll back bad patches."""
+
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        notifier: Any = None,
+        strategy: Any = None,
+        improvement_strategy: Any = None,
+        config_adapter: ConfigAdapter | None = None,
+        storage: str = "jsonl",
+        jsonl_max_bytes: int | None = None,
+        jsonl_archive_dir: str | None = None,
+        jsonl_max_archives: int = 5,
+        *,
+        policy: RolloutPolicy | None = None,
+    ) -> None:
+        if strategy is not None and improvement_strategy is not None:
+            raise ValueError("pass strategy or improvement_strategy, not both (they are aliases)")
+        if storage not in ("jsonl", "sqlite"):
+            raise ValueError(f"storage must be 'jsonl' or 'sqlite', not {storage!r}")
+        self.data_dir = Path(data_dir) if data_dir is not None else DEFAULT_DATA_DIR
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.storage = storage
+        self.improvement_strategy = strategy if strategy is not None else improvement_strategy
+        self.notifier = notifier if notifier is not None else TelegramNotifier(enabled=True)
+        if config_adapter is None and self.improvement_strategy is not None and all(
+            callable(getattr(self.improvement_strategy, name, None)) for name in ("current_config", "apply", "rollback")
+        ):
+            config_adapter = _StrategyHooks(self.improvement_strategy)
+        self.config_adapter = config_adapter
+        if storage == "jsonl":
+            self.trace_store = JsonlStore(self.data_dir, max_bytes=jsonl_max_bytes,
+                                          archive_dir=jsonl_archive_dir, max_archives=jsonl_max_archives)
+        else:
+            self.trace_store = SqliteStore(self.data_dir / "sil.sqlite3")
+        self.adaptive_threshold = AdaptiveThreshold(self.data_dir)
+        self.guard = Guard(
+            self.trace_store, durability="sync", adapter=config_adapter, strategy=self.improvement_strategy,
+            strategy_inline=True, mode="switch", policy=policy, thresholds=self.adaptive_threshold,
+            refresh_interval=0.0,
+        )
+        self.auto_rollback = self.rollback = AutoRollback(self.guard)
+        self._triggers: dict[str, int] = {}
+        self._reported: set[str] = set()
+        self._lock = threading.Lock()
+        self.guard.on_trigger(self._on_trigger)
+
+    # -- the call ------------------------------------------------------------------------
+    def execute_with_improvement(self, agent_id: str, task: str, execute_fn: Callable[[], Any],
+                                 context: dict | None = None) -> dict[str, Any]:
+        """Run ``execute_fn()`` (no arguments) under guard; returns the seed's result dict:
+        ``success``, ``result``, ``error``, ``duration_sec``, ``improvement_triggered``,
+        ``improvement_applied``, ``rollback_executed``."""
+        if inspect.iscoroutinefunction(execute_fn):
+            raise TypeError("execute_fn is a coroutine function: use aexecute_with_improvement (a coroutine is "
+                            "never counted as a success)")
+        before, t0 = self._begin(agent_id)
+        result, error = None, None
+        try:
+            with self.guard.call(agent_id, context={"task": task, **(context or {})}):
+                result = execute_fn()
+                if inspect.isawaitable(result):
+                    _close(result)
+                    raise TypeError("execute_fn returned an awaitable: use aexecute_with_improvement")
+        except Exception as exc:  # recorded with its type and message by guard.call
+            result, error = None, exc
+        return self._end(agent_id, before, t0, result, error)
+
+    track = execute_with_improvement
+
+    async def aexecute_with_improvement(self, agent_id: str, task: str,
+                                        execute_fn: Callable[[], Awaitable[Any] | Any],
+                                        context: dict | None = None) -> dict[str, Any]:
+        """Async twin: ``execute_fn()`` may be a coroutine function (it is awaited)."""
+        before, t0 = self._begin(agent_id)
+        result, error = None, None
+        try:
+            async with self.guard.call(agent_id, context={"task": task, **(context or {})}):
+                result = execute_fn()
+                if inspect.isawaitable(result):
+                    result = await result
+        except Exception as exc:
+            result, error = None, exc
+        return self._end(agent_id, before, t0, result, error)
+
+    atrack = aexecute_with_improvement
+
+    def _begin(self, agent_id: str) -> tuple[tuple[str | None, int], float]:
+        row = self._latest(agent_id)
+        return ((row["id"] if row else None), self._triggers.get(agent_id, 0)), time.perf_counter()
+
+    def _end(self, agent_id: str, begun: tuple[str | None, int], t0: float, result: Any,
+             error: BaseException | None) -> dict[str, Any]:
+        # the record is durable (sync mode) and the trigger and strategy ran inline already
+        before, triggers = begun
+        row = self._latest(agent_id)
+        applied = int(row is not None and row["id"] != before and row["state"] != State.REJECTED)
+        if applied:
+            try:
+                self.notifier.notify_improvement(agent_id, 1, {"patch": row["patch"], "mode": row["mode"]})
+            except Exception as exc:  # seed bug D3: a notifier error lost the agent's result
+                report("notifier", exc)
+        rollback = self.check_and_rollback(agent_id)
+        return {
+            "success": error is None,
+            "result": result,
+            "error": None if error is None else str(error),
+            "duration_sec": time.perf_counter() - t0,
+            "improvement_triggered": self._triggers.get(agent_id, 0) > triggers,
+            "improvement_applied": applied,
+            "rollback_executed": rollback,
+        }
+
+    def _on_trigger(self, event: dict) -> None:
+        with self._lock:
+            self._triggers[event["target"]] = self._triggers.get(event["target"], 0) + 1
+
+    def _latest(self, agent_id: str) -> dict | None:
+        return self.guard._changes.latest_row(agent_id)
+
+    # -- the seed's other public methods -------------------------------------------------
+    def check_and_rollback(self, agent_id: str) -> dict[str, Any] | None:
+        """Judge the agent's pending patch now; the seed-shaped rollback dict when this
+        (or an earlier, unreported) check rolled it back or failed to, else ``None``."""
+        try:
+            self.guard._changes.evaluate(agent_id)
+        except Exception as exc:
+            report("check_and_rollback", exc)
+        row = self._latest(agent_id)
+        if row is None or row["state"] not in (State.ROLLED_BACK, State.RESTORE_FAILED):
+            return None
+        key = f"{row['id']}:{row['state']}"
+        with self._lock:
+            if key in self._reported:
+                return None  # reported once, not on every later call (seed bug B4)
+            self._reported.add(key)
+        verdict = row.get("verdict") or {}
+        ev = verdict.get("evidence") or {}
+        n = ev.get("n", {})
+        sr = ev.get("success_rate", {})
+        lat = ev.get("latency", {})
+        before = _seed_metrics({"rate": sr.get("baseline", 0.0), "latency": lat.get("baseline_median_s", 0.0)},
+                               n.get("baseline", 0))
+        after = _seed_metrics({"rate": sr.get("candidate", 0.0), "latency": lat.get("candidate_median_s", 0.0)},
+                              n.get("candidate", 0))
+        out = {"agent_id": agent_id, "reason": verdict.get("reason", row.get("reason", "")),
+               "before_metrics": before, "after_metrics": after, "backup_id": row["id"]}
+        source = "config_adapter" if not isinstance(self.config_adapter, _StrategyHooks) else "improvement_strategy"
+        if row["state"] == State.ROLLED_BACK:
+            out.update(success=True, restore_applied=True, restore_source=source)
+        else:
+            out.update(success=False, restore_applied=False, restore_source=source,
+                       error=(row.get("restore") or {}).get("error", "restore failed"))
+        try:
+            self.notifier.notify_rollback(agent_id, out["reason"], {"success": out["success"],
+                                                                   "restore_applied": out["restore_applied"]})
+        except Exception as exc:
+            report("notifier", exc)
+        return out
+
+    def get_improvement_stats(self, agent_id: str | None = None) -> dict[str, Any]:
+        changes = [v for _, v, _ in self.trace_store.kv_list("change") if v["state"] != State.REJECTED]
+        history = self.auto_rollback.get_rollback_history(agent_id)
+        if agent_id is not None:
+            mine = sorted((c for c in changes if c["target"] == agent_id), key=lambda c: c["created"])
+            return {
+                "agent_id": agent_id,
+                "total_tasks": self.guard.stats(agent_id).n,
+                "last_improvement": _iso(mine[-1]["created"]) if mine else None,
+                "rollback_count": len(history),
+                "rollback_history": history[-5:],
+            }
+        return {
+            "total_improvements": len(changes),
+            "agents_improved": len({c["target"] for c in changes}),
+            "total_rollbacks": len(history),
+            "agents_rolled_back": len({h["agent_id"] for h in history}),
+        }
+
+    def close(self) -> None:
+        self.guard.close()
+        self.trace_store.close()
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat()
+
+
+def _close(awaitable: Any) -> None:
+    close = getattr(awaitable, "close", None)
+    if callable(close):
+        close()
