@@ -83,7 +83,7 @@ class JsonFileConfigAdapter:
         self.path = Path(path)
         self.per_target = per_target
         self.indent = indent
-        self._raw: dict[str, bytes] = {}
+        self._raw: dict[tuple[str, str], bytes] = {}  # (file, content digest) -> exact bytes
         self._lock = threading.RLock()
 
     def file_for(self, agent_id: str) -> Path:
@@ -97,7 +97,7 @@ class JsonFileConfigAdapter:
             return {}
         config = json.loads(raw)
         with self._lock:
-            self._raw[_digest(config)] = raw
+            self._raw[(str(file), _digest(config))] = raw
         return config
 
     def apply_config(self, agent_id: str, config_patch: dict) -> bool:
@@ -108,7 +108,7 @@ class JsonFileConfigAdapter:
 
     def rollback_config(self, agent_id: str, backup_config: dict) -> None:
         with self._lock:
-            raw = self._raw.get(_digest(backup_config))
+            raw = self._raw.get((str(self.file_for(agent_id)), _digest(backup_config)))
             if raw is None:
                 raw = json.dumps(backup_config, indent=self.indent).encode() + b"\n"
             self._write(agent_id, raw)
@@ -120,14 +120,14 @@ class JsonFileConfigAdapter:
         with self._lock:
             recent = list(self._raw.items())[-4:]
         return {"kind": "json_file", "path": str(self.path), "per_target": self.per_target, "indent": self.indent,
-                "raw": {digest: base64.b64encode(raw).decode("ascii") for digest, raw in recent}}
+                "raw": [[file, digest, base64.b64encode(raw).decode("ascii")] for (file, digest), raw in recent]}
 
     def remember(self, spec: dict[str, Any]) -> None:
         """Learn the exact bytes carried by another instance's :meth:`spec` (so a worker
         that did not read the baseline itself still restores it byte for byte)."""
         with self._lock:
-            for digest, raw in (spec.get("raw") or {}).items():
-                self._raw.setdefault(digest, base64.b64decode(raw))
+            for file, digest, raw in spec.get("raw") or ():
+                self._raw.setdefault((file, digest), base64.b64decode(raw))
 
     def _write(self, agent_id: str, data: bytes) -> None:
         file = self.file_for(agent_id)

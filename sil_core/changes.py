@@ -193,6 +193,8 @@ class ChangeManager:
             "patch_hash": patch_hash(patch), "policy": policy.as_dict(), "created": now, "updated": now,
             "actor": actor, "weight": 0.0, "step": 0, "step_started_n": 0, "reason": "",
             "baseline_version": head.get("active") or "", "candidate_version": "", "metadata": metadata or {},
+            # no version served the target yet: its baseline calls were recorded unversioned
+            "baseline_unversioned": not head.get("active"),
         }
         in_flight = self._change_row(head.get("change_id"))
         if in_flight is not None and in_flight["state"] in IN_FLIGHT:
@@ -272,7 +274,8 @@ class ChangeManager:
                     else f"adapter.apply_config raised {applied!r}"
                 self._trail("adapter_error", target, change_id, actor, stage="apply_config", error=why)
                 return self._reject(row, why, rev=rev)
-            row["frozen_baseline"] = self._frozen_baseline(target, row["baseline_version"], policy)
+            row["frozen_baseline"] = self._frozen_baseline(target, row["baseline_version"], policy,
+                                                           unversioned=row.get("baseline_unversioned", False))
             row["weight"] = 1.0
         else:
             row["weight"] = policy.ramp[0]
@@ -292,12 +295,18 @@ class ChangeManager:
                      f"(from {row['baseline_version']}) started at weight {row['weight']:.0%}", change_id=change_id)
         return Change.from_row(row)
 
-    def _frozen_baseline(self, target: str, version: str, policy: RolloutPolicy) -> list:
+    def _frozen_baseline(self, target: str, version: str, policy: RolloutPolicy, *, unversioned: bool = False) -> list:
+        # calls recorded before the target had any version carry version "" (aggregates key)
+        versions = (version, "") if unversioned else (version,)
+
+        def window(since_hour: int | None) -> Cell:
+            return merge([c for v in versions for c in self.store.cells(target, version=v, since_hour=since_hour).values()])
+
         since = int((time.time() - policy.baseline_window_hours * 3600) // BUCKET_S)
-        window = merge(self.store.cells(target, version=version, since_hour=since).values())
-        if window.successes + window.failures < policy.min_calls:
-            window = merge(self.store.cells(target, version=version).values())
-        return _cell_dump(window)
+        frozen = window(since)
+        if frozen.successes + frozen.failures < policy.min_calls:
+            frozen = window(None)
+        return _cell_dump(frozen)
 
     def _adapter_for(self, target: str, row: dict) -> ConfigAdapter | None:
         return self.adapters.get(target) or self.guard.adapter or adapter_from_spec(row.get("adapter_spec"))
@@ -442,8 +451,8 @@ class ChangeManager:
             return None
         lease = row.get("lease")
         now = time.time()
-        if lease and lease["until"] > now and lease["owner"] != self.worker_id:
-            return None
+        if lease and lease["until"] > now:
+            return None  # someone (another worker, or another thread of this one) is acting
         row["lease"] = {"owner": self.worker_id, "until": now + LEASE_S}
         new_rev = self.store.kv_put("change", row["id"], row, expect_rev=rev)
         return (row, new_rev) if new_rev is not None else None

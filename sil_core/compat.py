@@ -131,6 +131,8 @@ class SelfImprovingLoop:
         self.auto_rollback = self.rollback = AutoRollback(self.guard)
         self._triggers: dict[str, int] = {}
         self._reported: set[str] = set()
+        self._announced: set[str] = set()  # change ids already reported as applied
+        self._claimed: dict[str, int] = {}  # triggers already reported, per agent
         self._lock = threading.Lock()
         self.guard.on_trigger(self._on_trigger)
 
@@ -183,7 +185,15 @@ class SelfImprovingLoop:
         # the record is durable (sync mode) and the trigger and strategy ran inline already
         before, triggers = begun
         row = self._latest(agent_id)
-        applied = int(row is not None and row["id"] != before and row["state"] != State.REJECTED)
+        with self._lock:  # one call reports each change and each trigger (concurrent calls: C2)
+            applied = int(row is not None and row["id"] != before and row["state"] != State.REJECTED
+                          and row["id"] not in self._announced)
+            if applied:
+                self._announced.add(row["id"])
+            total = self._triggers.get(agent_id, 0)
+            triggered = total > triggers and total > self._claimed.get(agent_id, 0)
+            if triggered:
+                self._claimed[agent_id] = total
         if applied:
             try:
                 self.notifier.notify_improvement(agent_id, 1, {"patch": row["patch"], "mode": row["mode"]})
@@ -195,7 +205,7 @@ class SelfImprovingLoop:
             "result": result,
             "error": None if error is None else str(error),
             "duration_sec": time.perf_counter() - t0,
-            "improvement_triggered": self._triggers.get(agent_id, 0) > triggers,
+            "improvement_triggered": triggered,
             "improvement_applied": applied,
             "rollback_executed": rollback,
         }
@@ -241,8 +251,10 @@ class SelfImprovingLoop:
             out.update(success=False, restore_applied=False, restore_source=source,
                        error=(row.get("restore") or {}).get("error", "restore failed"))
         try:
-            self.notifier.notify_rollback(agent_id, out["reason"], {"success": out["success"],
-                                                                   "restore_applied": out["restore_applied"]})
+            # the seed passed before/after metrics; success and restore_applied say whether it worked
+            self.notifier.notify_rollback(agent_id, out["reason"], {
+                "before_metrics": before, "after_metrics": after,
+                "success": out["success"], "restore_applied": out["restore_applied"]})
         except Exception as exc:
             report("notifier", exc)
         return out
@@ -261,7 +273,7 @@ class SelfImprovingLoop:
             }
         return {
             "total_improvements": len(changes),
-            "agents_improved": len({c["target"] for c in changes}),
+            "agents_improved": sorted({c["target"] for c in changes}),  # the seed's type: a list
             "total_rollbacks": len(history),
             "agents_rolled_back": len({h["agent_id"] for h in history}),
         }

@@ -430,3 +430,39 @@ def test_concurrent_failing_threads_propose_exactly_one_change(adapter):
     applied = [e for e in g.trail("writer") if e["type"] == "change_applied"]
     assert len(applied) == 1
     g.close()
+
+
+def test_two_threads_of_one_worker_roll_back_once():
+    import threading
+    import time
+
+    class Slow(DictConfigAdapter):
+        calls = 0
+
+        def rollback_config(self, agent_id, backup_config):
+            Slow.calls += 1
+            time.sleep(0.2)
+            super().rollback_config(agent_id=agent_id, backup_config=backup_config)
+
+    with Guard("memory://", adapter=Slow({"a": {"x": 1}}), flush_interval=60) as g:
+        g.propose("a", {"x": 2}, mode="switch")
+        results = []
+        threads = [threading.Thread(target=lambda: results.append(g.rollback("a"))) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(results) == [False, True] and Slow.calls == 1
+        assert types(g, "a").count("rollback_started") == 1
+
+
+def test_json_file_adapter_keeps_exact_bytes_per_file(tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_bytes(b'{"prompt":  "good"}\n')
+    b.write_bytes(b'{"prompt": "good"}\n')
+    adapter = JsonFileConfigAdapter(tmp_path, per_target=True)
+    base = adapter.get_config("a")
+    adapter.apply_config("a", {"prompt": "bad"})
+    adapter.get_config("b")
+    adapter.rollback_config("a", base)
+    assert a.read_bytes() == b'{"prompt":  "good"}\n'
