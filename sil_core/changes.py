@@ -66,6 +66,31 @@ class _View:
         self.unversioned = True
 
 
+class _Tripwire:
+    """Consecutive candidate failures over a change's first calls, standing down during an
+    outage that the baseline shares (see :meth:`ChangeManager.observe`)."""
+
+    __slots__ = ("run", "limit", "window", "candidate_calls", "base_calls", "base_failures")
+
+    def __init__(self, limit: int, window: int) -> None:
+        self.run, self.limit, self.window = ConsecutiveFailures(limit), limit, window
+        self.candidate_calls = self.base_calls = self.base_failures = 0
+
+    def observe(self, candidate: bool, success: bool) -> bool:
+        if not candidate:
+            self.base_calls += 1
+            self.base_failures += not success
+            return False
+        self.candidate_calls += 1
+        if self.candidate_calls > self.window:
+            return False
+        fired = self.run.observe(success)
+        if success:
+            self.base_calls = self.base_failures = 0  # a new failure run starts from here
+        outage = self.base_failures >= 2 and self.base_failures * 2 >= self.base_calls
+        return fired and not outage
+
+
 class ChangeManager:
     """Changes of every target of one Guard (see module docstring)."""
 
@@ -75,8 +100,7 @@ class ChangeManager:
         self.refresh_s = refresh_s
         self.adapters: dict[str, ConfigAdapter] = {}
         self._views: dict[str, _View] = {}
-        self._tripwires: dict[str, ConsecutiveFailures] = {}
-        self._baseline_recent: dict[str, list[bool]] = {}
+        self._tripwires: dict[str, _Tripwire] = {}
         self._tripped: set[str] = set()
         self._p95_looks: dict[str, int] = {}
         self._watch: set[str] = set()  # targets with a change in flight, known to this worker
@@ -329,33 +353,33 @@ class ChangeManager:
         return judge(base, cand, RolloutPolicy.from_dict(row["policy"]))
 
     def observe(self, calls: list[CallRecord]) -> set[str]:
-        """Feed written records to the tripwires; returns targets worth judging now."""
+        """Feed written records to the tripwires; returns targets worth judging now.
+
+        The tripwire watches a change's first ``min_calls`` candidate calls (seen by this
+        worker), before the statistical test has its minimum sample. It stands down when
+        the baseline fails as well while the candidate's failure run lasts: >= 2 baseline
+        failures, >= 50 % of the baseline calls since the run began (an outage, not the
+        change; ``benchmarks/detection.py`` measures both rules).
+        """
         with self._lock:
             watch = set(self._watch)
         if not watch:
             return set()
         due = set()
         for r in calls:
-            if r.target not in watch or r.arm is None:
+            if r.target not in watch or r.arm is None or r.success is None:
                 continue
             due.add(r.target)
             v = self._views.get(r.target)
             if v is None or v.change_id is None:
                 continue
-            if r.arm == CANDIDATE:
-                trip = self._tripwires.get(v.change_id)
-                if trip is None:
-                    limit = RolloutPolicy().tripwire_consecutive
-                    row = self._change_row(v.change_id)
-                    if row:
-                        limit = RolloutPolicy.from_dict(row["policy"]).tripwire_consecutive
-                    trip = self._tripwires[v.change_id] = ConsecutiveFailures(limit)
-                if trip.observe(r.success):
-                    self._tripped.add(v.change_id)
-            elif r.success is not None:
-                recent = self._baseline_recent.setdefault(v.change_id, [])
-                recent.append(r.success)
-                del recent[:-20]
+            wire = self._tripwires.get(v.change_id)
+            if wire is None:
+                row = self._change_row(v.change_id)
+                policy = RolloutPolicy.from_dict(row["policy"]) if row else RolloutPolicy()
+                wire = self._tripwires[v.change_id] = _Tripwire(policy.tripwire_consecutive, policy.min_calls)
+            if wire.observe(r.arm == CANDIDATE, r.success):
+                self._tripped.add(v.change_id)
         return due
 
     def evaluate(self, target: str) -> Verdict | None:
@@ -388,13 +412,11 @@ class ChangeManager:
             self._p95_looks[cid] = look
         verdict = judge(base, cand, policy, check_p95=check_p95)
         n_b = cand.successes + cand.failures
-        if cid in self._tripped and verdict.kind != Verdict.REGRESSED:
+        if cid in self._tripped:
             self._tripped.discard(cid)
-            recent = self._baseline_recent.get(cid, [])
-            outage = row["mode"] == "canary" and len(recent) >= 5 and sum(1 for ok in recent if not ok) >= len(recent) / 2
-            if not outage:
+            if verdict.kind != Verdict.REGRESSED:
                 verdict = Verdict(Verdict.REGRESSED, f"{policy.tripwire_consecutive} consecutive candidate failures "
-                                  f"(tripwire, before any statistical test)", "tripwire", verdict.evidence)
+                                  f"(tripwire, before the minimum sample)", "tripwire", verdict.evidence)
         last_step = row["mode"] == "switch" or row.get("step", 0) >= len(policy.ramp) - 1
         decided = None
         if verdict.kind == Verdict.REGRESSED:

@@ -215,6 +215,7 @@ class Guard:
         A target has at most one change in flight: a proposal meanwhile is ``rejected``.
         ``approve=False`` leaves it ``proposed`` until :meth:`approve`.
         """
+        self.flush()  # the baseline's evidence includes every call made before the proposal
         return self._changes.propose(target, patch, adapter=adapter, mode=mode or self.mode, policy=policy,
                                      actor=actor, approve=approve)
 
@@ -405,15 +406,15 @@ class Guard:
 
     def _check_trigger(self, target: str) -> None:
         now = _now()
-        day = self.store.cells(target, since_hour=int((now - 86400) // BUCKET_S))
-        all_time = merge(self.store.cells(target).values())
+        day = self.store.cells(target, since_hour=int((now - 86400) // BUCKET_S), hist=False)
+        all_time = merge(self.store.cells(target, hist=False).values())
         calls_24h = merge(day.values()).n
         profile = self.thresholds.profile(target, calls_24h=calls_24h, total_calls=all_time.n)
         last = self._last_trigger.get(target)
         if last is not None and now - last < profile.cooldown_hours * 3600:
             return
         since = now - profile.analysis_window_hours * 3600
-        window = merge(self.store.cells(target, since_hour=int(since // BUCKET_S)).values())
+        window = merge(self.store.cells(target, since_hour=int(since // BUCKET_S), hist=False).values())
         decided = window.successes + window.failures
         run = self._failure_runs.get(target, 0)
         # a burst of consecutive failures (an outage) triggers even when the window's rate is low

@@ -20,14 +20,27 @@ class RolloutPolicy:
     Attributes:
         alpha: one-sided false-rollback budget for the whole change, split equally
             (Bonferroni) across the metrics tested: success rate, mean log-latency, p95.
+            0.10, not 0.05: the anytime bounds are conservative over a finite horizon, so
+            the measured false-rollback rate of a neutral change stays far below alpha
+            (at most ~2 % at 0.10, tripwire included; ~1.4 % at 0.05), while at 0.05 a
+            drop from 95 % to 80 % success is caught within 150 candidate calls only
+            ~90 % of the time (benchmarks/detection.py; target >= 95 %).
         min_calls: calls per arm before any verdict other than the tripwire.
         success_tolerance: a drop in success rate smaller than this (absolute) is
             acceptable: a regression needs a significant drop whose estimate exceeds it, and
             promotion needs the lower bound of the difference above minus it.
         latency_tolerance: relative slowdown that is acceptable (0.20 = +20 %), on the
             mean log-latency of successful calls, and on p95 once both arms have 60 calls.
-        ramp: candidate weights of the canary steps, in order (canary mode).
-        step_calls: candidate calls at a step, without a regression, before the next step.
+        latency_floor_s: a latency regression must also add at least this much, in
+            seconds, to the geometric mean: timing jitter of sub-millisecond calls is not a
+            regression of an agent whose calls take a second (the seed had no floor, A1).
+        ramp: candidate weights of the canary steps, in order (canary mode). Starting
+            at 5 % exposes fewer calls while the candidate is least known and gives the
+            baseline arm many more calls, which narrows the bound on the difference: with
+            (0.05, 0.1, 0.25, 0.5) and 50 calls per step, 95 % -> 80 % is caught within 150
+            candidate calls in ~97 % of runs, against ~94 % with (0.1, 0.25, 0.5) and 30.
+        step_calls: candidate calls at a step, without a regression, before the next step
+            (50: see ``ramp``; a healthy verdict advances sooner).
         horizon: candidate calls after which an undecided change is settled by
             ``on_inconclusive``.
         on_inconclusive: ``"keep"`` (promote: the test had ``horizon`` calls to find harm),
@@ -41,12 +54,13 @@ class RolloutPolicy:
         cs_tuning_n: candidate calls at which the confidence sequence is tightest.
     """
 
-    alpha: float = 0.05
+    alpha: float = 0.10
     min_calls: int = 30
     success_tolerance: float = 0.02
     latency_tolerance: float = 0.20
-    ramp: tuple[float, ...] = (0.1, 0.25, 0.5)
-    step_calls: int = 30
+    latency_floor_s: float = 0.005
+    ramp: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5)
+    step_calls: int = 50
     horizon: int = 1000
     on_inconclusive: str = "keep"
     tripwire_consecutive: int = 5
@@ -64,7 +78,7 @@ class RolloutPolicy:
             raise ConfigError("ramp must be increasing weights in (0, 1]")
         if self.min_calls < 1 or self.horizon < self.min_calls or self.tripwire_consecutive < 1:
             raise ConfigError("need 1 <= min_calls <= horizon and tripwire_consecutive >= 1")
-        if self.success_tolerance < 0 or self.latency_tolerance < 0:
+        if self.success_tolerance < 0 or self.latency_tolerance < 0 or self.latency_floor_s < 0:
             raise ConfigError("tolerances must be >= 0")
 
     def override(self, **changes: Any) -> "RolloutPolicy":

@@ -78,7 +78,7 @@ class Writer:
         queue.append(item)
         if self._thread is None:  # first use, or a forked child (see _after_fork)
             self._start()
-        elif len(queue) >= self.batch_size:
+        elif len(queue) >= self.batch_size and not self._wake.is_set():
             self._wake.set()
 
     def put_durable(self, item: CallRecord | Feedback, timeout: float | None = 30.0) -> bool:
@@ -100,6 +100,8 @@ class Writer:
     # -- control -------------------------------------------------------------------------
     def flush(self, timeout: float | None = 30.0) -> bool:
         """Write everything queued so far; ``True`` when it is all committed."""
+        if threading.current_thread() is self._thread:
+            return True  # called back from a batch's on_written: that batch is already committed
         if self._thread is None or self._closed:
             return self._drain()
         return self.put_durable(None, timeout)

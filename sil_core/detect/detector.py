@@ -7,7 +7,8 @@ Three metrics, each one-sided at ``alpha / 3`` (Bonferroni):
   (significant and material); *non-inferior* when the lower bound is above
   ``-success_tolerance``;
 * latency: the same on the mean log-latency of successful calls (a ratio of geometric
-  means), against ``ln(1 + latency_tolerance)``;
+  means), against ``ln(1 + latency_tolerance)``, and the slowdown must add at least
+  ``latency_floor_s`` seconds (sub-millisecond jitter is not a regression);
 * p95: once both arms have 60 successful calls, order-statistic bounds; *regressed* when
   the candidate's lower bound exceeds the baseline's upper bound times
   ``1 + latency_tolerance``. These bounds are fixed-sample, so p95 is looked at only at
@@ -82,12 +83,14 @@ def judge(baseline: Cell, candidate: Cell, policy: RolloutPolicy, *, check_p95: 
             "ratio": math.exp(dl), "ratio_lower": math.exp(lol), "ratio_upper": math.exp(hil),
             "tolerance": policy.latency_tolerance,
         }
-        if lol > 0 and dl > thr:
+        mean_a = math.exp(baseline.lat_sum / baseline.lat_n)
+        material = dl > thr and mean_a * (math.exp(dl) - 1) >= policy.latency_floor_s
+        if lol > 0 and material:
             return Verdict(Verdict.REGRESSED,
                            f"latency rose {math.exp(dl) - 1:+.0%} (geometric mean of successful calls; "
                            f"lower bound {math.exp(lol) - 1:+.0%} > 0, tolerance {policy.latency_tolerance:.0%})",
                            "latency", evidence)
-        latency_ok = hil < thr
+        latency_ok = hil < thr or mean_a * (math.exp(hil) - 1) < policy.latency_floor_s
 
     if check_p95 and baseline.lat_n >= MIN_CALLS_P95 and candidate.lat_n >= MIN_CALLS_P95:
         p_alpha = a_alpha / p95_looks(policy)
@@ -98,7 +101,7 @@ def judge(baseline: Cell, candidate: Cell, policy: RolloutPolicy, *, check_p95: 
                 "baseline_upper": qa[1], "candidate_lower": qb[0], "alpha": p_alpha,
                 "tolerance": policy.latency_tolerance,
             }
-            if qb[0] > qa[1] * (1 + policy.latency_tolerance):
+            if qb[0] > qa[1] * (1 + policy.latency_tolerance) and qb[0] - qa[1] >= policy.latency_floor_s:
                 return Verdict(Verdict.REGRESSED,
                                f"p95 latency rose from {baseline.quantile(0.95):.3g}s to {candidate.quantile(0.95):.3g}s "
                                f"(candidate lower bound {qb[0]:.3g}s > baseline upper bound x{1 + policy.latency_tolerance:g})",

@@ -11,8 +11,10 @@ class CellTable:
 
     def __init__(self) -> None:
         self.cells: dict[CellKey, Cell] = {}
-        # target -> set of keys, so reads cost the target's cells, not the table's
+        # target -> set of keys, so reads cost the target's cells, not the table's; the
+        # all-time keys apart, so a whole-history read does not walk the hourly cells
         self._by_target: dict[str, set[CellKey]] = {}
+        self._all_time: dict[str, set[CellKey]] = {}
 
     def apply(self, deltas: dict[CellKey, Cell]) -> None:
         for key, delta in deltas.items():
@@ -20,15 +22,14 @@ class CellTable:
             if cell is None:
                 self.cells[key] = delta.copy()
                 self._by_target.setdefault(key[0], set()).add(key)
+                if key[3] == ALL_TIME:
+                    self._all_time.setdefault(key[0], set()).add(key)
             else:
                 cell.add(delta)
 
     def read(self, target: str, version: str | None, since_hour: int | None) -> dict[tuple[str, str], Cell]:
-        rows = [
-            (k[1], k[2], k[3], self.cells[k])
-            for k in self._by_target.get(target, ())
-            if version is None or k[1] == version
-        ]
+        keys = self._all_time.get(target, ()) if since_hour is None else self._by_target.get(target, ())
+        rows = [(k[1], k[2], k[3], self.cells[k]) for k in keys if version is None or k[1] == version]
         return merge_hours(rows, since_hour)
 
     def targets(self) -> list[str]:

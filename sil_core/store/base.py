@@ -40,13 +40,15 @@ class Store(ABC):
     # -- reads -----------------------------------------------------------------------------
     @abstractmethod
     def cells(
-        self, target: str, *, version: str | None = None, since_hour: int | None = None
+        self, target: str, *, version: str | None = None, since_hour: int | None = None, hist: bool = True
     ) -> dict[tuple[str, str], Cell]:
         """Summed cells per ``(version, arm)`` of a target ("" where unset).
 
         All-time cells when ``since_hour`` is ``None``, else the sum of the hourly cells
         from that hour (``int(ts // 3600)``) on. Cost depends on the number of versions,
-        arms and hours asked for, never on the number of records.
+        arms and hours asked for, never on the number of records. ``hist=False`` may leave
+        the latency histograms empty (counts and moments only), which SQL backends answer
+        with one cheap query.
         """
 
     @abstractmethod

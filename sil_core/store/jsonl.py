@@ -312,7 +312,8 @@ class JsonlStore(Store):
         finally:
             os.close(fd)
 
-    def cells(self, target: str, *, version: str | None = None, since_hour: int | None = None) -> dict[tuple[str, str], Cell]:
+    def cells(self, target: str, *, version: str | None = None, since_hour: int | None = None,
+              hist: bool = True) -> dict[tuple[str, str], Cell]:
         # aggregates.json is only ever replaced whole, so reading it needs no file lock
         with self._mutex, self._errors():
             return self._current_table().read(target, version, since_hour)

@@ -49,7 +49,8 @@ class MemoryStore(Store):
             while len(self._calls) > self.max_calls:
                 self._calls.popitem(last=False)
 
-    def cells(self, target: str, *, version: str | None = None, since_hour: int | None = None) -> dict[tuple[str, str], Cell]:
+    def cells(self, target: str, *, version: str | None = None, since_hour: int | None = None,
+              hist: bool = True) -> dict[tuple[str, str], Cell]:
         with self._lock:
             return self._table.read(target, version, since_hour)
 

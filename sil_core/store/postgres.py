@@ -471,7 +471,8 @@ class PostgresStore(Store):
             conn.execute(self._sql.upsert_hist, _columns(hist_rows, 6))
 
     # -- reads -----------------------------------------------------------------------------
-    def cells(self, target: str, *, version: str | None = None, since_hour: int | None = None) -> dict[tuple[str, str], Cell]:
+    def cells(self, target: str, *, version: str | None = None, since_hour: int | None = None,
+              hist: bool = True) -> dict[tuple[str, str], Cell]:
         where, params = "target = %s", [_clean(target)]
         if version is not None:
             where += " AND version = %s"
@@ -487,14 +488,17 @@ class PostgresStore(Store):
         # one statement, so cells and histogram come from the same snapshot
         query = (
             f"SELECT version, arm, NULL::integer AS bin, {sums} FROM {self._sql.cells_table} "
-            f"WHERE {where} GROUP BY version, arm "
-            f"UNION ALL "
-            f"SELECT version, arm, bin, SUM(n)::bigint, {pad} FROM {self._sql.hist_table} "
-            f"WHERE {where} GROUP BY version, arm, bin"
+            f"WHERE {where} GROUP BY version, arm"
         )
+        if hist:
+            query += (
+                f" UNION ALL "
+                f"SELECT version, arm, bin, SUM(n)::bigint, {pad} FROM {self._sql.hist_table} "
+                f"WHERE {where} GROUP BY version, arm, bin"
+            )
         out: dict[tuple[str, str], Cell] = {}
         hists: list[tuple] = []
-        for row in self._query("cells", query, params + params):
+        for row in self._query("cells", query, params + params if hist else params):
             if row[2] is None:
                 out[(row[0], row[1])] = Cell.from_values(row[3:])
             else:

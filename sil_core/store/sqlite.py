@@ -213,7 +213,8 @@ class SqliteStore(Store):
         with self._lock, self._errors():
             return conn.execute(sql, params).fetchall()
 
-    def cells(self, target: str, *, version: str | None = None, since_hour: int | None = None) -> dict[tuple[str, str], Cell]:
+    def cells(self, target: str, *, version: str | None = None, since_hour: int | None = None,
+              hist: bool = True) -> dict[tuple[str, str], Cell]:
         where, params = "target = ?", [target]
         if version is not None:
             where += " AND version = ?"
@@ -228,6 +229,8 @@ class SqliteStore(Store):
         out: dict[tuple[str, str], Cell] = {}
         for row in self._query(f"SELECT version, arm, {sums} FROM sil_cells WHERE {where} GROUP BY version, arm", params):
             out[(row[0], row[1])] = Cell.from_values(row[2:])
+        if not hist:
+            return out
         for v, a, b, n in self._query(
             f"SELECT version, arm, bin, SUM(n) FROM sil_hist WHERE {where} GROUP BY version, arm, bin", params
         ):
