@@ -21,6 +21,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/history.py
+	$(PY) benchmarks/detection.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -4,6 +4,8 @@
 Variants, all in one process and one run:
 
 * ``bare``: the function alone (its added time is the noise floor, ~0);
+* ``sil-sqlite-canary``: ``sil-sqlite`` with a change in flight (canary at 50 %, observe
+  only): each call is routed to an arm, served its config, and judged in the background;
 * ``sil-memory``, ``sil-jsonl``, ``sil-sqlite``, ``sil-postgresql``: the function under
   ``@guard.track("bench")`` of a ``Guard(url)`` on a fresh store (a temporary folder, or a
   fresh PostgreSQL schema ``sil_bench_<random>`` dropped afterwards; skipped with a note
@@ -65,7 +67,7 @@ from _common import (  # noqa: E402
 
 from sil_core import Guard  # noqa: E402
 
-VARIANTS = ("bare", "sil-memory", "sil-jsonl", "sil-sqlite", "sil-postgresql", "seed-0.1.3")
+VARIANTS = ("bare", "sil-memory", "sil-jsonl", "sil-sqlite", "sil-sqlite-canary", "sil-postgresql", "seed-0.1.3")
 SIL_VARIANTS = tuple(v for v in VARIANTS if v.startswith("sil-"))
 TARGET = "bench"
 
@@ -102,8 +104,13 @@ class Subject:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def guard_subject(name: str, url: str, cleanup: Callable[[], Any] = lambda: None) -> Subject:
+def guard_subject(name: str, url: str, cleanup: Callable[[], Any] = lambda: None, *, canary: bool = False) -> Subject:
     guard = Guard(url)
+    if canary:  # a change in flight: every call is routed to an arm and judged in the background
+        from sil_core import DictConfigAdapter, RolloutPolicy
+
+        guard.propose(TARGET, {"prompt": "v2"}, adapter=DictConfigAdapter({TARGET: {"prompt": "v1"}}),
+                      policy=RolloutPolicy(observe_only=True, horizon=10**9, ramp=(0.5,)))
 
     def make_loop(fn: Callable[[], Any]) -> Loop:
         return call_loop(guard.track(TARGET)(fn))
@@ -137,6 +144,8 @@ def open_subjects(tmp: Path, pg_url: str, only: set[str] | None, notes: list[str
         "sil-memory": lambda: guard_subject("sil-memory", "memory://"),
         "sil-jsonl": lambda: guard_subject("sil-jsonl", f"jsonl:///{tmp / 'jsonl'}"),
         "sil-sqlite": lambda: guard_subject("sil-sqlite", f"sqlite:///{tmp / 'sqlite' / 'sil.db'}"),
+        "sil-sqlite-canary": lambda: guard_subject("sil-sqlite-canary", f"sqlite:///{tmp / 'canary' / 'sil.db'}",
+                                                   canary=True),
         "seed-0.1.3": lambda: seed_subject(tmp / "seed"),
     }
     if only is None or "sil-postgresql" in only:
