@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from ._internal.failopen import report
 from .aggregates import Cell
 from .records import CallRecord
+from .rollout import IN_FLIGHT
+from .trail import append_event
 
 if TYPE_CHECKING:
     from .guard import Guard
@@ -30,11 +32,12 @@ class Strategy(Protocol):
 
 def trace_dict(r: CallRecord) -> dict[str, Any]:
     """A call record in the seed's trace shape (plus sil-guard's extra fields)."""
+    context = r.context_value()
     return {
-        "agent_id": r.target, "task": (r.context_value() or {}).get("task", "") if isinstance(r.context_value(), dict) else "",
+        "agent_id": r.target, "task": context.get("task", "") if isinstance(context, dict) else "",
         "success": bool(r.success), "duration_sec": r.duration_s,
         "error": r.error_message or (r.error_type if r.success is False else None),
-        "error_type": r.error_type, "outcome": r.outcome, "context": r.context_value() or {},
+        "error_type": r.error_type, "outcome": r.outcome, "context": context if context is not None else {},
         "timestamp": r.timestamp.isoformat(), "version": r.version, "arm": r.arm, "call_id": r.id,
     }
 
@@ -58,28 +61,17 @@ def window_metrics(cell: Cell, traces: list[dict]) -> dict[str, Any]:
 
 def run_strategy(guard: "Guard", target: str, window: Cell, since: float) -> None:
     """Ask the guard's strategy for a patch and propose it (never raises)."""
-    from .trail import append_event
-
     change = guard._changes.latest_row(target)
-    if change is not None and change["state"] in ("proposed", "canary", "paused", "restore_failed"):
+    if change is not None and change["state"] in IN_FLIGHT:
         return  # one change in flight per target: do not even ask
     try:
         traces = [trace_dict(r) for r in guard.store.read_calls(target, since=since, limit=MAX_TRACES)]
         patch = guard.strategy.analyze(agent_id=target, traces=traces, before_metrics=window_metrics(window, traces))
+        if patch:
+            guard.propose(target, patch, actor=f"strategy:{type(guard.strategy).__name__}")
     except Exception as exc:
-        report("strategy.analyze", exc)
+        report("strategy", exc)
         try:
-            append_event(guard.store, "strategy_error", target, actor=guard.worker_id, stage="analyze", error=repr(exc))
-        except Exception as err:
-            report("trail.append", err)
-        return
-    if not patch:
-        return
-    try:
-        guard.propose(target, patch, actor=f"strategy:{type(guard.strategy).__name__}")
-    except Exception as exc:
-        report("strategy.propose", exc)
-        try:
-            append_event(guard.store, "strategy_error", target, actor=guard.worker_id, stage="propose", error=repr(exc))
+            append_event(guard.store, "strategy_error", target, actor=guard.worker_id, error=repr(exc))
         except Exception as err:
             report("trail.append", err)
