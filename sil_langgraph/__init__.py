@@ -1,0 +1,21 @@
+"""sil-guard for LangGraph: config versions in the graph's own store, and observe-only
+recording of node executions through LangChain callbacks.
+
+``pip install 'sil-guard[langgraph]'``. LangGraph and langchain-core are imported when a
+name that needs them is first used; without them that use raises
+:class:`sil_core.MissingExtra` naming the extra.
+"""
+
+from typing import Any
+
+from .adapters import ConfigurableAdapter, StoreConfigAdapter
+
+__all__ = ("ConfigurableAdapter", "GuardCallbackHandler", "StoreConfigAdapter")
+
+
+def __getattr__(name: str) -> Any:
+    if name == "GuardCallbackHandler":  # built on first use: it subclasses langchain-core's handler
+        from . import callbacks
+
+        return callbacks.GuardCallbackHandler
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,234 @@
+"""Observe-only recording of LangGraph node executions through LangChain callbacks.
+
+For nodes a function wrapper cannot reach: a compiled subgraph added as a node, a
+``ToolNode``, an LCEL chain or any other ``Runnable``. Attach the handler once::
+
+    graph = builder.compile().with_config(callbacks=[GuardCallbackHandler(guard)])
+
+or per run (``graph.invoke(inputs, {"callbacks": [handler]})``). Each node execution
+(each attempt, under a ``RetryPolicy``) becomes one record of the target named after the
+node (``metadata["langgraph_node"]``): latency from start to end, outcome ``ok`` or
+``error``. ``GraphInterrupt``, ``ParentCommand`` and ``GraphDrained`` (LangGraph's
+``GraphBubbleUp`` control flow, which reaches callbacks through ``on_chain_error``) are
+recorded as ``interrupted``, a node cancelled because a sibling failed as ``cancelled``:
+never as errors. A node that exceeded its ``timeout=`` is an error (``NodeTimeoutError``):
+it only sees a cancellation, so its record waits until its graph run ends and says why. When the run was configured by
+:meth:`sil_langgraph.ConfigurableAdapter.run_config`, the record carries the version and
+arm that served it.
+
+The handler cannot change a node's config (use ``sil_langgraph.guarded_node`` for that).
+It is thread-safe, cheap, and never raises into the graph (fail open).
+
+``langchain-core`` is imported when :data:`GuardCallbackHandler` is first used, not when
+this module is imported.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable, Iterable
+from uuid import UUID
+
+from sil_core._internal.failopen import report
+from sil_core._internal.jsonsafe import error_message
+from sil_core.errors import MissingExtra
+from sil_core.outcomes import classify_exception, register_control_flow
+from sil_core.records import Outcome
+
+from .adapters import arm_key, version_key
+
+__all__ = ("GuardCallbackHandler",)
+
+#: node runs kept open at most (runs whose end never arrives are dropped oldest first)
+MAX_OPEN_RUNS = 10_000
+
+_now = time.time
+_perf = time.perf_counter
+
+
+class _Open:
+    __slots__ = ("target", "node", "ts", "t0", "version", "arm", "context", "parent")
+
+    def __init__(self, target: str, node: str, ts: float, t0: float, version: Any, arm: Any, context: Any,
+                 parent: UUID | None) -> None:
+        self.target, self.node, self.ts, self.t0 = target, node, ts, t0
+        self.version, self.arm, self.context, self.parent = version, arm, context, parent
+
+
+class _GuardCallbackLogic:
+    """The handler's behaviour; combined with ``BaseCallbackHandler`` lazily (see below)."""
+
+    raise_error = False  # a recording problem must never fail the graph
+    run_inline = True  # cheap and thread-safe: no executor hop in async runs
+
+    def __init__(
+        self,
+        guard: Any,
+        *,
+        nodes: Iterable[str] | None = None,
+        target: Callable[[str, dict], str | None] | None = None,
+        prefix: str = "",
+        subgraph_nodes: bool = True,
+        context: bool = True,
+    ) -> None:
+        """
+        Args:
+            guard: the :class:`sil_core.Guard` that records.
+            nodes: record only these node names (default: every node).
+            target: ``target(node, metadata) -> str | None`` names the target of a node
+                execution (``None`` skips it); default ``prefix + node``.
+            prefix: prepended to node names (e.g. ``"support-graph/"``).
+            subgraph_nodes: also record nodes inside subgraphs (their metadata names them
+                too); ``False`` records only the nodes of the graph the handler is attached
+                to (and subgraphs as single nodes).
+            context: attach ``{node, step, checkpoint_ns}`` to each record.
+        """
+        self.guard = guard
+        self.nodes = frozenset(nodes) if nodes is not None else None
+        self.target_fn = target
+        self.prefix = prefix
+        self.subgraph_nodes = subgraph_nodes
+        self.context = context
+        self._open: dict[UUID, _Open] = {}
+        # cancelled node runs, held until their parent (graph) run ends: a node timeout
+        # reaches the node as CancelledError and only its graph learns it was a timeout
+        self._held: dict[UUID, list[tuple[_Open, float, BaseException]]] = {}
+        self._lock = threading.Lock()
+        # a guard writing synchronously blocks per record: keep that off the event loop
+        if getattr(guard, "durability", None) == "sync":
+            self.run_inline = False
+
+    # -- selection ----------------------------------------------------------------------------
+    def _select(self, name: Any, metadata: dict | None) -> str | None:
+        if not metadata:
+            return None
+        node = metadata.get("langgraph_node")
+        if node is None or node != name:  # only the node's own run, not its children
+            return None
+        if node.startswith("__"):  # LangGraph's own nodes: __start__, __error_handler__<node>, ...
+            return None
+        if self.nodes is not None and node not in self.nodes:
+            return None
+        if not self.subgraph_nodes and "|" in (metadata.get("langgraph_checkpoint_ns") or ""):
+            return None
+        if self.target_fn is not None:
+            return self.target_fn(node, metadata)
+        return self.prefix + node
+
+    # -- callbacks ----------------------------------------------------------------------------
+    def on_chain_start(self, serialized: Any, inputs: Any, *, run_id: UUID, parent_run_id: UUID | None = None,
+                       tags: Any = None, metadata: dict | None = None, **kwargs: Any) -> None:
+        try:
+            target = self._select(kwargs.get("name"), metadata)
+            if target is None:
+                return
+            with self._lock:
+                parent = self._open.get(parent_run_id) if parent_run_id is not None else None
+                if parent is not None and parent.node == metadata["langgraph_node"]:
+                    return  # a child Runnable that happens to carry the node's name
+            ctx = None
+            if self.context:
+                ctx = {"node": metadata["langgraph_node"], "step": metadata.get("langgraph_step"),
+                       "checkpoint_ns": metadata.get("langgraph_checkpoint_ns")}
+            run = _Open(target, metadata["langgraph_node"], _now(), _perf(),
+                        metadata.get(version_key(target)), metadata.get(arm_key(target)), ctx, parent_run_id)
+            with self._lock:
+                if len(self._open) >= MAX_OPEN_RUNS:  # runs whose end never came: forget the oldest
+                    self._open.pop(next(iter(self._open)))
+                self._open[run_id] = run
+        except Exception as exc:  # fail open
+            report("langgraph.callback", exc)
+
+    def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        self._finish(run_id, None)
+
+    def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        self._finish(run_id, error)
+
+    # -- recording ----------------------------------------------------------------------------
+    def _finish(self, run_id: UUID, error: BaseException | None) -> None:
+        try:
+            with self._lock:
+                run = self._open.pop(run_id, None)
+                held = self._held.pop(run_id, None) if self._held else None
+            if held:
+                self._release(held, error)
+            if run is None:
+                return
+            latency = _perf() - run.t0
+            if error is None:
+                self.guard.record(run.target, success=True, latency_s=latency, version=run.version, arm=run.arm,
+                                  context=run.context, ts=run.ts)
+                return
+            outcome = classify_exception(error)
+            if outcome == Outcome.CANCELLED and run.parent is not None:
+                with self._lock:
+                    if len(self._held) >= MAX_OPEN_RUNS:
+                        stale = self._held.pop(next(iter(self._held)))
+                    else:
+                        stale = None
+                    self._held.setdefault(run.parent, []).append((run, latency, error))
+                if stale:
+                    self._release(stale, None)
+                return
+            self._record_error(run, latency, error, outcome)
+        except Exception as exc:  # fail open
+            report("langgraph.callback", exc)
+
+    def _release(self, held: list[tuple[_Open, float, BaseException]], parent_error: BaseException | None) -> None:
+        """Record held cancellations: a timeout of that node (the parent's error says so) is
+        an error; anything else (sibling failure, run cancelled) stays ``cancelled``."""
+        timed_out = getattr(parent_error, "node", None) if type(parent_error).__name__ == "NodeTimeoutError" else None
+        for run, latency, error in held:
+            if timed_out is not None and timed_out == run.node:
+                self._record_error(run, latency, parent_error, Outcome.ERROR)
+            else:
+                self._record_error(run, latency, error, Outcome.CANCELLED)
+
+    def _record_error(self, run: _Open, latency: float, error: BaseException, outcome: str) -> None:
+        self.guard.record(run.target, success=False, latency_s=latency, version=run.version, arm=run.arm,
+                          error_type=type(error).__name__, error_message=error_message(error),
+                          context=run.context, ts=run.ts, outcome=outcome)
+
+    @property
+    def open_runs(self) -> int:
+        """Node runs started and not finished yet (for diagnostics)."""
+        with self._lock:
+            return len(self._open)
+
+
+_CLASS: type | None = None
+_class_lock = threading.Lock()
+
+
+def _register_langgraph_control_flow() -> None:
+    try:
+        from langgraph.errors import GraphBubbleUp
+    except ImportError:  # langchain-core without langgraph: nothing to register
+        return
+    register_control_flow(GraphBubbleUp, Outcome.INTERRUPTED)
+
+
+def _handler_class() -> type:
+    global _CLASS
+    if _CLASS is None:
+        with _class_lock:
+            if _CLASS is None:
+                try:
+                    from langchain_core.callbacks import BaseCallbackHandler
+                except ImportError as exc:
+                    raise MissingExtra("langgraph", "langchain-core") from exc
+                _register_langgraph_control_flow()
+                _CLASS = type("GuardCallbackHandler", (_GuardCallbackLogic, BaseCallbackHandler), {
+                    "__module__": __name__,
+                    "__qualname__": "GuardCallbackHandler",
+                    "__doc__": __doc__,
+                })
+    return _CLASS
+
+
+def __getattr__(name: str) -> Any:
+    if name == "GuardCallbackHandler":
+        return _handler_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
