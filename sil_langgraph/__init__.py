@@ -1,5 +1,6 @@
-"""sil-guard for LangGraph: config versions in the graph's own store, and observe-only
-recording of node executions through LangChain callbacks.
+"""sil-guard for LangGraph: guarded nodes that record every execution and serve it its
+config version, config versions in the graph's own store, and observe-only recording of
+nodes that cannot be wrapped through LangChain callbacks.
 
 ``pip install 'sil-guard[langgraph]'``. LangGraph and langchain-core are imported when a
 name that needs them is first used; without them that use raises
@@ -9,8 +10,16 @@ name that needs them is first used; without them that use raises
 from typing import Any
 
 from .adapters import ConfigurableAdapter, StoreConfigAdapter
+from .nodes import add_guarded_node, guarded_node, node_config
 
-__all__ = ("ConfigurableAdapter", "GuardCallbackHandler", "StoreConfigAdapter")
+__all__ = (
+    "ConfigurableAdapter",
+    "GuardCallbackHandler",
+    "StoreConfigAdapter",
+    "add_guarded_node",
+    "guarded_node",
+    "node_config",
+)
 
 
 def __getattr__(name: str) -> Any:
