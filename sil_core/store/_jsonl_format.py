@@ -90,13 +90,19 @@ def encode_feedback(fb: Feedback) -> bytes:
     return _encode_line({"feedback": fb.call_id, "success": fb.success, "score": fb.score})
 
 
-def parse_line(line: bytes) -> CallRecord | Feedback | None:
-    """A record or a feedback line, or ``None`` for a corrupt line."""
+def _json_object(line: bytes) -> dict | None:
+    """The JSON object on a line, or ``None`` when the line is not one."""
     try:
         obj = json.loads(line)
     except (ValueError, RecursionError):
         return None
-    if not isinstance(obj, dict):
+    return obj if isinstance(obj, dict) else None
+
+
+def parse_line(line: bytes) -> CallRecord | Feedback | None:
+    """A record or a feedback line, or ``None`` for a corrupt line."""
+    obj = _json_object(line)
+    if obj is None:
         return None
     if "feedback" in obj and "target" not in obj:
         cid, success, score = obj["feedback"], obj.get("success"), obj.get("score")
@@ -254,11 +260,8 @@ def encode_event(event: dict) -> bytes:
 
 def parse_event(line: bytes) -> dict | None:
     """A trail event (a JSON object with an integer ``seq``), or ``None``."""
-    try:
-        obj = json.loads(line)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(obj, dict):
+    obj = _json_object(line)
+    if obj is None:
         return None
     seq = obj.get("seq")
     if not isinstance(seq, int) or isinstance(seq, bool):
