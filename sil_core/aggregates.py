@@ -40,6 +40,7 @@ FIELDS = (
 _OUTCOME_FIELD = {
     Outcome.OK: "n_ok", Outcome.ERROR: "n_error", Outcome.INTERRUPTED: "n_interrupted",
     Outcome.CANCELLED: "n_cancelled", Outcome.BLOCKED: "n_blocked",
+    Outcome.RETRIED: "n_error",  # an attempt error, not a failure of the task (no ``failures``)
 }
 
 
@@ -207,6 +208,9 @@ class Stats:
     mean_log_latency: float | None
     score_mean: float | None
     score_n: int
+    #: attempts that ended in an error, final or retried (the attempt error rate is
+    #: ``attempt_errors / n``; ``failures`` counts final outcomes only)
+    attempt_errors: int = 0
 
     @classmethod
     def from_cell(cls, target: str, cell: Cell) -> "Stats":
@@ -226,6 +230,7 @@ class Stats:
             mean_log_latency=cell.lat_sum / cell.lat_n if cell.lat_n else None,
             score_mean=cell.score_sum / cell.score_n if cell.score_n else None,
             score_n=cell.score_n,
+            attempt_errors=cell.n_error,
         )
 
 

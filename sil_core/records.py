@@ -11,14 +11,21 @@ __all__ = ("CallRecord", "Feedback", "Outcome", "format_ts", "parse_ts")
 
 
 class Outcome:
-    """How a call ended. Only ``ok`` and ``error`` feed the success rate."""
+    """How a call ended. Only ``ok`` and ``error`` feed the success rate.
+
+    ``retried`` is a failed attempt that the framework runs again (a LangGraph
+    ``RetryPolicy``): it counts as an attempt error (``n_error`` of the cells,
+    ``Stats.attempt_errors``) but not in the success rate, which sees the task's final
+    attempt only.
+    """
 
     OK = "ok"
     ERROR = "error"
     INTERRUPTED = "interrupted"
     CANCELLED = "cancelled"
     BLOCKED = "blocked"
-    ALL = (OK, ERROR, INTERRUPTED, CANCELLED, BLOCKED)
+    RETRIED = "retried"
+    ALL = (OK, ERROR, INTERRUPTED, CANCELLED, BLOCKED, RETRIED)
     #: outcomes that count as a success or a failure (the others are control flow)
     DECIDED = (OK, ERROR)
 

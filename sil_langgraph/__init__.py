@@ -1,6 +1,7 @@
 """sil-guard for LangGraph: guarded nodes that record every execution and serve it its
-config version, config versions in the graph's own store, and observe-only recording of
-nodes that cannot be wrapped through LangChain callbacks.
+config version, a guard node that judges what a target produced, config versions in the
+graph's own store, and observe-only recording of nodes that cannot be wrapped through
+LangChain callbacks.
 
 ``pip install 'sil-guard[langgraph]'``. LangGraph and langchain-core are imported when a
 name that needs them is first used; without them that use raises
@@ -9,12 +10,18 @@ name that needs them is first used; without them that use raises
 
 from typing import Any
 
-from .adapters import ConfigurableAdapter, StoreConfigAdapter
+from .guard_node import GuardNode
 from .nodes import add_guarded_node, guarded_node, node_config
+
+try:  # written separately; the lead finalises this file
+    from .adapters import ConfigurableAdapter, StoreConfigAdapter
+except ImportError:  # pragma: no cover
+    pass
 
 __all__ = (
     "ConfigurableAdapter",
     "GuardCallbackHandler",
+    "GuardNode",
     "StoreConfigAdapter",
     "add_guarded_node",
     "guarded_node",

@@ -8,58 +8,177 @@ the target named after the node LangGraph reports (so one function under two nod
 is two targets). During a canary the thread id is the routing key: one thread, one arm.
 Inside the node, :func:`node_config` returns the config of the version serving it.
 
-LangGraph's control flow (``GraphInterrupt``, ``ParentCommand``, ``GraphDrained``: every
-``GraphBubbleUp``) is recorded as ``interrupted`` and re-raised untouched; a cancelled node
-(a failing sibling, a node timeout) as ``cancelled``; every exception is re-raised.
+Outcomes (``langgraph.md`` §3):
+
+* ``GraphInterrupt``, ``ParentCommand``, ``GraphDrained`` (every ``GraphBubbleUp``) are
+  recorded as ``interrupted`` and re-raised untouched; a cancelled node (a failing
+  sibling, a node timeout) as ``cancelled``; every exception is re-raised unchanged.
+* Retries: each attempt is one record whose ``attempt`` is LangGraph's ``node_attempt``.
+  A failed attempt that LangGraph will retry (its ``RetryPolicy`` matches the exception
+  and attempts remain) is recorded as ``retried``: it counts in the attempt error count
+  (``n_error`` of the cells) but not in the success rate, which is therefore computed on
+  each task's final outcome. ``add_guarded_node`` reads the node's retry policy from the
+  builder (``retry_policy=`` or ``set_node_defaults``) when the node fails;
+  ``guarded_node`` takes ``retry_policy=``. Without a policy, or on langgraph < 1.1.3 (no
+  ``node_attempt``), every failure is final.
+
+Pinning (``langgraph.md`` §5.7, "approved v1, got v2"): a node interrupted while serving a
+version writes a pin ``{version, arm}`` to the guard's store (kind ``"pin"``, key
+``"<target>|<thread id>"``). When LangGraph resumes the thread, the re-executed node is
+served the pinned version's config instead of being routed again, even if the change was
+promoted or rolled back meanwhile; the pin is cleared when that execution ends for good.
+The store is read only on resumed runs, so the common path does no I/O.
 
 No ``from __future__ import annotations`` here: LangGraph reads these signatures.
 """
 
 import functools
 import inspect
+import threading
 import time
+import weakref
 from typing import Any, Callable, Optional
 
 from sil_core._internal.failopen import report
-from sil_core.calls import current_call, is_coroutine_callable, judge_result
-from sil_core.errors import MissingExtra
-from sil_core.outcomes import register_control_flow
+from sil_core._internal.ids import new_id
+from sil_core.calls import CallInfo, _current, current_call, is_coroutine_callable, judge_result
 from sil_core.records import Outcome
+from sil_core.versions import get_version
+
+from ._compat import RESUMING_KEY, load, node_attempt, will_retry
 
 __all__ = ("add_guarded_node", "guarded_node", "node_config")
 
 _perf = time.perf_counter
 _now = time.time
-_get_config: Optional[Callable[[], Any]] = None
+PIN = "pin"
+_LEDGER_MAX = 10_000
 
 
-def _langgraph() -> Callable[[], Any]:
-    """Import LangGraph once: its config accessor, and its control flow registered."""
-    global _get_config
-    if _get_config is None:
+def pin_key(target: str, thread: Any) -> str:
+    return f"{target}|{thread}"
+
+
+class _Ledger:
+    """Per guard, in this process: the calls of judged targets waiting for a GuardNode's
+    verdict, and the version each (target, thread) was last served."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.judged: set = set()
+        self.served: dict = {}  # (target, thread) -> [version, arm, [call ids]]
+
+    def note(self, target: str, thread: Any, version: Any, arm: Any, call_id: str) -> None:
+        with self.lock:
+            entry = self.served.pop((target, thread), None)
+            if entry is None or entry[0] != version:
+                entry = [version, arm, []]
+            entry[2].append(call_id)
+            self.served[(target, thread)] = entry  # re-inserted: the dict stays in LRU order
+            if len(self.served) > _LEDGER_MAX:
+                self.served.pop(next(iter(self.served)))
+
+    def take(self, target: str, thread: Any) -> Optional[list]:
+        """The calls of ``(target, thread)`` waiting for a verdict (``None`` if none is
+        known); the served version stays known for routing."""
+        with self.lock:
+            entry = self.served.get((target, thread))
+            if entry is None:
+                return None
+            calls, entry[2] = entry[2], []
+            return calls
+
+
+_ledgers: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_ledgers_lock = threading.Lock()
+
+
+def ledger(guard: Any) -> _Ledger:
+    led = _ledgers.get(guard)
+    if led is None:
+        with _ledgers_lock:
+            led = _ledgers.setdefault(guard, _Ledger())
+    return led
+
+
+class _Node:
+    """The per-execution decisions of one guarded node, written once for both shells."""
+
+    __slots__ = ("guard", "target", "success", "retry_policy", "default_name", "lg", "ledger")
+
+    def __init__(self, guard: Any, target: Optional[str], success: Any, retry_policy: Any, default_name: str) -> None:
+        self.guard, self.target, self.success = guard, target, success
+        self.retry_policy, self.default_name = retry_policy, default_name
+        self.lg = load()
+        self.ledger = ledger(guard)
+
+    def begin(self) -> tuple:
+        """``(target, thread, attempt, route, token, pinned)`` of the starting execution."""
+        thread, attempt, resuming = None, None, False
         try:
-            from langgraph.config import get_config
-            from langgraph.errors import GraphBubbleUp
-        except ImportError as exc:
-            raise MissingExtra("langgraph", "langgraph") from exc
-        register_control_flow(GraphBubbleUp, Outcome.INTERRUPTED)
-        _get_config = get_config
-    return _get_config
+            config = self.lg.get_config()
+        except Exception:  # called outside a graph run
+            config = None
+        if config is not None:
+            configurable = config.get("configurable") or {}
+            thread = configurable.get("thread_id")
+            attempt = node_attempt(configurable)
+            resuming = configurable.get(RESUMING_KEY)
+            name = self.target or (config.get("metadata") or {}).get("langgraph_node") or self.default_name
+        else:
+            name = self.target or self.default_name
+        if resuming and thread is not None:
+            pinned = self._pinned(name, thread)
+            if pinned is not None:
+                return name, thread, attempt, pinned[0], pinned[1], True
+        route, token = self.guard._start_call(name, thread)
+        return name, thread, attempt, route, token, False
 
+    def _pinned(self, name: str, thread: Any) -> Optional[tuple]:
+        try:
+            row = self.guard.store.kv_get(PIN, pin_key(name, thread))
+            pin = row[0] if row else None
+            if not pin or not pin.get("version"):
+                return None
+            config = get_version(self.guard.store, name, pin["version"])
+            route = (pin["version"], pin.get("arm"), None if config is None else dict(config))
+            return route, _current.set(CallInfo(name, *route))
+        except Exception as exc:  # fail open: route as usual
+            report("langgraph.pin", exc)
+            return None
 
-def _node_and_thread(get_config: Callable[[], Any]) -> tuple:
-    """The node name and thread id of the running LangGraph task (``None`` outside one)."""
-    try:
-        config = get_config()
-    except Exception:  # called outside a graph run
-        return None, None
-    metadata = config.get("metadata") or {}
-    configurable = config.get("configurable") or {}
-    return metadata.get("langgraph_node"), configurable.get("thread_id")
+    def end(self, run: tuple, ts: float, duration: float, exc: Optional[BaseException], result: Any) -> Any:
+        """The record of a finished execution (``None`` on an internal failure)."""
+        name, thread, attempt, route, token, pinned = run
+        ok = True if exc is not None else judge_result(self.success, result)
+        record = self.guard._finish(name, ts, duration, exc, ok, route, token)
+        if record is None:
+            return None
+        try:
+            record.attempt = attempt or 1
+            outcome = record.outcome
+            if outcome == Outcome.ERROR and exc is not None and will_retry(self._policy(), exc, attempt):
+                record.outcome = Outcome.RETRIED
+            elif thread is not None and route is not None:
+                if exc is not None and isinstance(exc, self.lg.GraphInterrupt):
+                    self.guard.store.kv_put(PIN, pin_key(name, thread), {"version": route[0], "arm": route[1]},
+                                            expect_rev=None)
+                elif pinned and outcome in Outcome.DECIDED:
+                    self.guard.store.kv_put(PIN, pin_key(name, thread), {}, expect_rev=None)
+            if outcome == Outcome.OK and name in self.ledger.judged:
+                record.id = new_id()
+                self.ledger.note(name, thread, record.version, record.arm, record.id)
+        except Exception as err:
+            report("langgraph.record", err)
+        return record
+
+    def _policy(self) -> Any:
+        policy = self.retry_policy
+        return policy() if callable(policy) else policy
 
 
 def guarded_node(fn: Callable[..., Any], *, guard: Any, target: Optional[str] = None,
-                 success: Optional[Callable[[Any], Any]] = None) -> Callable[..., Any]:
+                 success: Optional[Callable[[Any], Any]] = None, retry_policy: Any = None) -> Callable[..., Any]:
     """Wrap a node function so each execution is recorded by ``guard``.
 
     Args:
@@ -68,37 +187,33 @@ def guarded_node(fn: Callable[..., Any], *, guard: Any, target: Optional[str] = 
         target: the target's name; by default the node name of each execution.
         success: a predicate on the node's return value (its state update); a falsy
             value records a failure while the update is still returned.
+        retry_policy: the ``RetryPolicy`` (or sequence, or a callable returning it) the
+            node is added with, so attempts LangGraph retries are recorded as ``retried``.
     """
-    get_config = _langgraph()
-    start, finish, put, aput = guard._start_call, guard._finish, guard._put, guard._aput
-
-    def begin() -> tuple:
-        node, thread = _node_and_thread(get_config)
-        name = target or node or fn.__qualname__
-        route, token = start(name, thread)
-        return name, route, token
+    node = _Node(guard, target, success, retry_policy, getattr(fn, "__qualname__", repr(fn)))
+    begin, end, put, aput = node.begin, node.end, guard._put, guard._aput
 
     if is_coroutine_callable(fn):
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
-            name, route, token = begin()
+            run = begin()
             ts, t0 = _now(), _perf()
             try:
                 result = await fn(*args, **kwargs)
             except BaseException as exc:
-                await aput(finish(name, ts, _perf() - t0, exc, True, route, token))
+                await aput(end(run, ts, _perf() - t0, exc, None))
                 raise
-            await aput(finish(name, ts, _perf() - t0, None, judge_result(success, result), route, token))
+            await aput(end(run, ts, _perf() - t0, None, result))
             return result
     else:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            name, route, token = begin()
+            run = begin()
             ts, t0 = _now(), _perf()
             try:
                 result = fn(*args, **kwargs)
             except BaseException as exc:
-                put(finish(name, ts, _perf() - t0, exc, True, route, token))
+                put(end(run, ts, _perf() - t0, exc, None))
                 raise
-            put(finish(name, ts, _perf() - t0, None, judge_result(success, result), route, token))
+            put(end(run, ts, _perf() - t0, None, result))
             return result
 
     functools.wraps(fn)(wrapper)
@@ -107,17 +222,32 @@ def guarded_node(fn: Callable[..., Any], *, guard: Any, target: Optional[str] = 
     return wrapper
 
 
+def _builder_policy(builder: Any, name: str) -> Callable[[], Any]:
+    """The retry policy LangGraph will use for node ``name``: its own, else the builder's
+    default (read when a node fails, so ``set_node_defaults`` after ``add_node`` counts)."""
+    def policy() -> Any:
+        spec = getattr(builder, "nodes", {}).get(name)
+        own = getattr(spec, "retry_policy", None)
+        if own:
+            return own
+        return getattr(getattr(builder, "_node_defaults", None), "retry_policy", None)
+
+    return policy
+
+
 def add_guarded_node(builder: Any, name: str, fn: Callable[..., Any], *, guard: Any,
                      success: Optional[Callable[[Any], Any]] = None, **add_node_kwargs: Any) -> Any:
     """``builder.add_node(name, guarded_node(fn, ...), **add_node_kwargs)`` with ``name`` as
     the target; returns the builder, as ``add_node`` does."""
-    return builder.add_node(name, guarded_node(fn, guard=guard, target=name, success=success), **add_node_kwargs)
+    wrapped = guarded_node(fn, guard=guard, target=name, success=success, retry_policy=_builder_policy(builder, name))
+    return builder.add_node(name, wrapped, **add_node_kwargs)
 
 
 def node_config() -> Optional[dict]:
     """Inside a guarded node: the config of the version serving this execution (during a
-    canary, the baseline's or the candidate's, the same for a whole thread). ``None`` when
-    the node's target has no config versions yet."""
+    canary, the baseline's or the candidate's, the same for a whole thread; after a
+    resume, the version the execution started with). ``None`` when the node's target has
+    no config versions yet."""
     info = current_call()
     if info is None or info.config is None:
         return None

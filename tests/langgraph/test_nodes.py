@@ -1,15 +1,18 @@
-"""Guarded nodes in real compiled graphs: injection, control flow, canary routing by thread."""
+"""Guarded nodes in real compiled graphs: injection, control flow, retries, cache hits, canary
+routing by thread and config-version pinning across interrupt and resume."""
 
 import asyncio
+import operator
 import random
-from typing import TypedDict
+from typing import Annotated, TypedDict
 
 import pytest
 from langchain_core.runnables import RunnableConfig
+from langgraph.cache.memory import InMemoryCache
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.store.memory import InMemoryStore
-from langgraph.types import Command, interrupt
+from langgraph.types import CachePolicy, Command, RetryPolicy, Send, interrupt
 
 from sil_core import DictConfigAdapter, Guard, RolloutPolicy, State
 from sil_langgraph import add_guarded_node, guarded_node, node_config
@@ -173,3 +176,299 @@ def test_signature_and_wrapped_are_the_innermost_function(guard):
     wrapped = guarded_node(guarded_node(inner, guard=guard), guard=guard)
     assert wrapped.__wrapped__ is inner
     assert list(__import__("inspect").signature(wrapped).parameters) == ["state", "config"]
+
+
+# -- injection, control flow, retries, cache, pinning ---------------------------------------
+
+
+class Fan(TypedDict, total=False):
+    items: list
+    done: Annotated[list, operator.add]
+
+
+def calls(guard, target):
+    guard.flush()
+    return guard.store.read_calls(target)
+
+
+def test_injection_of_config_runtime_store_and_writer_sync(guard):
+    def work(state: S, config: RunnableConfig, runtime, store, writer) -> S:
+        writer({"custom": 1})
+        return {"seen": [config["metadata"]["langgraph_node"], runtime is not None, store is not None]}
+
+    graph = one_node_graph(guarded_node(work, guard=guard), store=InMemoryStore())
+    chunks = list(graph.stream({"x": 1}, {"configurable": {"thread_id": "t"}}, stream_mode=["custom", "values"]))
+    assert ("custom", {"custom": 1}) in chunks
+    assert chunks[-1][1]["seen"] == ["work", True, True]
+    assert guard.stats("work").successes == 1
+
+
+async def test_injection_of_config_runtime_store_and_writer_async(guard):
+    async def work(state: S, config: RunnableConfig, runtime, store, writer) -> S:
+        writer("w")
+        return {"seen": [config["configurable"]["thread_id"], runtime.store is store, store is not None]}
+
+    graph = one_node_graph(guarded_node(work, guard=guard), store=InMemoryStore())
+    out = await graph.ainvoke({"x": 1}, {"configurable": {"thread_id": "a"}})
+    assert out["seen"] == ["a", True, True]
+    assert guard.stats("work").successes == 1
+
+
+async def test_async_interrupt_and_resume_is_not_a_failure(guard):
+    async def ask(state: S) -> S:
+        return {"out": interrupt("approve?")}
+
+    graph = one_node_graph(guarded_node(ask, guard=guard), checkpointer=InMemorySaver())
+    config = {"configurable": {"thread_id": "t"}}
+    await graph.ainvoke({"x": 1}, config)
+    assert (await graph.ainvoke(Command(resume="ok"), config))["out"] == "ok"
+    s = guard.stats("work")
+    assert (s.interrupted, s.successes, s.failures) == (1, 1, 0)
+
+
+def test_command_parent_from_a_subgraph_is_control_flow(guard):
+    def inner_jump(state: S):
+        return Command(graph=Command.PARENT, goto="after", update={"out": "jumped"})
+
+    sb = StateGraph(S)
+    add_guarded_node(sb, "inner_jump", inner_jump, guard=guard)
+    sb.add_edge(START, "inner_jump")
+    sub = sb.compile()
+
+    def host(state: S):
+        return sub.invoke(state)
+
+    def after(state: S) -> S:
+        return {"x": 99}
+
+    b = StateGraph(S)
+    add_guarded_node(b, "host", host, guard=guard)
+    add_guarded_node(b, "after", after, guard=guard)
+    b.add_edge(START, "host")
+    b.add_edge("after", END)
+    out = b.compile().invoke({"x": 0})
+    assert out == {"x": 99, "out": "jumped"}
+    assert guard.stats("inner_jump").successes == 1
+    h = guard.stats("host")
+    assert (h.interrupted, h.failures, h.successes) == (1, 0, 0)
+    assert guard.stats("after").successes == 1
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_send_fan_out_on_threads(guard, mode):
+    def fan(state: Fan):
+        return [Send("work", {"items": [i]}) for i in state["items"]]
+
+    def work(state: Fan) -> Fan:
+        return {"done": state["items"]}
+
+    async def awork(state: Fan) -> Fan:
+        return {"done": state["items"]}
+
+    b = StateGraph(Fan)
+    b.add_node("start", lambda s: {})
+    add_guarded_node(b, "work", work if mode == "sync" else awork, guard=guard)
+    b.add_edge(START, "start")
+    b.add_conditional_edges("start", fan, ["work"])
+    b.add_edge("work", END)
+    graph = b.compile()
+    inp = {"items": list(range(8))}
+    out = graph.invoke(inp) if mode == "sync" else await graph.ainvoke(inp)
+    assert sorted(out["done"]) == list(range(8))
+    assert guard.stats("work").successes == 8
+
+
+def test_retries_record_attempts_and_success_rate_counts_the_final_outcome(guard):
+    attempts = {"n": 0}
+
+    def flaky(state: S) -> S:
+        attempts["n"] += 1
+        if attempts["n"] % 3:
+            raise ConnectionError("flaky upstream")
+        return {"out": "ok"}
+
+    b = StateGraph(S)
+    add_guarded_node(b, "flaky", flaky, guard=guard,
+                     retry_policy=RetryPolicy(max_attempts=3, initial_interval=0.0, jitter=False))
+    b.add_edge(START, "flaky")
+    b.add_edge("flaky", END)
+    graph = b.compile()
+    assert graph.invoke({"x": 1})["out"] == "ok"
+    records = calls(guard, "flaky")
+    assert [(r.attempt, r.outcome) for r in records] == [(1, "retried"), (2, "retried"), (3, "ok")]
+    s = guard.stats("flaky")
+    assert (s.n, s.successes, s.failures, s.attempt_errors, s.success_rate) == (3, 1, 0, 2, 1.0)
+
+
+def test_exhausted_retries_count_one_failure_and_every_attempt_error(guard):
+    def down(state: S) -> S:
+        raise ConnectionError("down")
+
+    b = StateGraph(S)
+    b.set_node_defaults(retry_policy=RetryPolicy(max_attempts=2, initial_interval=0.0, jitter=False))
+    add_guarded_node(b, "down", down, guard=guard)
+    b.add_edge(START, "down")
+    b.add_edge("down", END)
+    with pytest.raises(ConnectionError):
+        b.compile().invoke({"x": 1})
+    assert [(r.attempt, r.outcome) for r in calls(guard, "down")] == [(1, "retried"), (2, "error")]
+    s = guard.stats("down")
+    assert (s.failures, s.attempt_errors, s.success_rate) == (1, 2, 0.0)
+
+
+def test_an_exception_the_policy_does_not_retry_is_final(guard):
+    def bad(state: S) -> S:
+        raise ValueError("not retryable by default")
+
+    b = StateGraph(S)
+    add_guarded_node(b, "bad", bad, guard=guard, retry_policy=RetryPolicy(max_attempts=5, initial_interval=0.0))
+    b.add_edge(START, "bad")
+    b.add_edge("bad", END)
+    with pytest.raises(ValueError):
+        b.compile().invoke({"x": 1})
+    assert [(r.attempt, r.outcome) for r in calls(guard, "bad")] == [(1, "error")]
+
+
+async def test_node_timeout_is_recorded_as_cancelled(guard):
+    async def slow(state: S) -> S:
+        await asyncio.sleep(5)
+        return {}
+
+    b = StateGraph(S)
+    add_guarded_node(b, "slow", slow, guard=guard, timeout=0.05)
+    b.add_edge(START, "slow")
+    b.add_edge("slow", END)
+    with pytest.raises(Exception) as info:
+        await b.compile().ainvoke({"x": 1})
+    assert type(info.value).__name__ == "NodeTimeoutError"
+    s = guard.stats("slow")
+    assert (s.cancelled, s.failures) == (1, 0)
+
+
+async def test_sibling_cancellation_is_cancelled_not_a_failure(guard):
+    async def fast_fail(state: S) -> S:
+        await asyncio.sleep(0.01)
+        raise RuntimeError("sibling broke")
+
+    async def long_ok(state: S) -> S:
+        await asyncio.sleep(5)
+        return {}
+
+    b = StateGraph(S)
+    add_guarded_node(b, "fast_fail", fast_fail, guard=guard)
+    add_guarded_node(b, "long_ok", long_ok, guard=guard)
+    b.add_edge(START, "fast_fail")
+    b.add_edge(START, "long_ok")
+    with pytest.raises(RuntimeError):
+        await b.compile().ainvoke({"x": 1})
+    guard.flush()
+    assert guard.stats("fast_fail").failures == 1
+    s = guard.stats("long_ok")
+    assert (s.cancelled, s.failures) == (1, 0)
+
+
+def test_a_cache_hit_records_no_call(guard):
+    def cached(state: S) -> S:
+        return {"out": str(state["x"])}
+
+    b = StateGraph(S)
+    add_guarded_node(b, "cached", cached, guard=guard, cache_policy=CachePolicy())
+    b.add_edge(START, "cached")
+    b.add_edge("cached", END)
+    graph = b.compile(cache=InMemoryCache())
+    for x in (1, 1, 2):
+        graph.invoke({"x": x})
+    assert guard.stats("cached").n == 2
+
+
+def _pinning_graph(g, seen):
+    def draft(state: S) -> S:
+        prompt = node_config()["prompt"]
+        seen.append(prompt)
+        approved = interrupt(f"approve draft made with {prompt}?")
+        return {"out": f"{prompt}:{approved}"}
+
+    b = StateGraph(S)
+    add_guarded_node(b, "draft", draft, guard=g)
+    b.add_edge(START, "draft")
+    b.add_edge("draft", END)
+    return b.compile(checkpointer=InMemorySaver())
+
+
+def test_a_thread_keeps_its_version_across_interrupt_and_rollback():
+    adapter = DictConfigAdapter({"draft": {"prompt": "v1"}})
+    with Guard("memory://", adapter=adapter, flush_interval=60, refresh_interval=0) as g:
+        seen = []
+        graph = _pinning_graph(g, seen)
+        g.propose("draft", {"prompt": "v2"}, mode="switch")
+        cfg = {"configurable": {"thread_id": "approve-me"}}
+        graph.invoke({"x": 1}, cfg)  # interrupted while serving v2
+        assert g.rollback("draft")
+        assert adapter.configs["draft"] == {"prompt": "v1"}
+        out = graph.invoke(Command(resume="yes"), cfg)
+        assert out["out"] == "v2:yes"  # approved v2, got v2 (not v1)
+        assert seen == ["v2", "v2"]
+        # the pin is spent: a new run of the same thread is routed again
+        graph.invoke({"x": 2}, cfg)
+        assert seen[-1] == "v1"
+        s = g.stats("draft")
+        assert (s.interrupted, s.successes, s.failures) == (2, 1, 0)
+
+
+def test_a_canary_thread_keeps_the_baseline_across_a_promotion():
+    adapter = DictConfigAdapter({"draft": {"prompt": "v1"}})
+    with Guard("memory://", adapter=adapter, policy=RolloutPolicy(min_calls=20, step_calls=20, ramp=(0.5,)),
+               flush_interval=60, refresh_interval=0) as g:
+        seen = []
+        graph = _pinning_graph(g, seen)
+        g.propose("draft", {"prompt": "v2"})
+        baseline_thread = None
+        for i in range(40):  # find a thread the canary routes to the baseline
+            cfg = {"configurable": {"thread_id": f"t{i}"}}
+            graph.invoke({"x": i}, cfg)
+            if seen[-1] == "v1":
+                baseline_thread = cfg
+                break
+        assert baseline_thread is not None
+        assert g.promote("draft")
+        graph.invoke(Command(resume="ok"), baseline_thread)
+        assert seen[-1] == "v1"  # started with v1, finished with v1
+        fresh = {"configurable": {"thread_id": "after-promotion"}}
+        graph.invoke({"x": 0}, fresh)
+        assert seen[-1] == "v2"
+
+
+def test_missing_langgraph_raises_missing_extra(monkeypatch):
+    import sys
+
+    from sil_core import MissingExtra
+    from sil_langgraph import _compat
+
+    monkeypatch.setattr(_compat, "_lg", None)
+    monkeypatch.setitem(sys.modules, "langgraph.config", None)
+    with pytest.raises(MissingExtra, match=r"sil-guard\[langgraph\]"):
+        _compat.load()
+
+
+def test_every_graph_bubble_up_is_interrupted_control_flow(guard):
+    from langgraph.errors import GraphBubbleUp, GraphInterrupt, ParentCommand
+
+    from sil_core.outcomes import classify_exception
+
+    guarded_node(lambda s: s, guard=guard)  # registers LangGraph's control flow
+    for exc in (GraphBubbleUp(), GraphInterrupt(), ParentCommand(Command(goto="x"))):
+        assert classify_exception(exc) == "interrupted"
+    drained = getattr(__import__("langgraph.errors").errors, "GraphDrained", None)
+    if drained is not None:
+        assert issubclass(drained, GraphBubbleUp)
+
+
+def test_without_node_attempt_every_failure_is_final():
+    from langgraph.types import RetryPolicy as RP
+
+    from sil_langgraph._compat import will_retry
+
+    policy = RP(max_attempts=3)
+    assert will_retry(policy, ConnectionError(), 1) and not will_retry(policy, ConnectionError(), 3)
+    assert not will_retry(policy, ConnectionError(), None)  # langgraph < 1.1.3: unknown attempt
+    assert not will_retry([RP(retry_on=KeyError)], ConnectionError(), 1)

@@ -1,0 +1,99 @@
+"""LangGraph, imported on first use, with its control flow registered and newer features
+detected (the package supports langgraph >= 1.0).
+
+Importing this module imports nothing from LangGraph; :func:`load` does, once, and raises
+:class:`sil_core.MissingExtra` naming the ``langgraph`` extra when it is not installed.
+
+Feature detection (``langgraph.md`` §1):
+
+* ``Runtime.execution_info`` (1.1.3+) gives the node attempt and task id. Without it every
+  attempt is recorded as attempt 1 and a failed attempt counts as a final failure.
+* ``GraphDrained`` (1.2+), ``GraphInterrupt`` and ``ParentCommand`` all subclass
+  ``GraphBubbleUp``, which is registered once as ``interrupted`` control flow.
+"""
+
+from typing import Any, Optional, Sequence
+
+from sil_core.errors import MissingExtra
+from sil_core.outcomes import register_control_flow
+from sil_core.records import Outcome
+
+__all__ = ("load", "will_retry")
+
+#: keys LangGraph puts in ``config["configurable"]`` (stable since 0.2; private upstream)
+RUNTIME_KEY = "__pregel_runtime"
+RESUMING_KEY = "__pregel_resuming"
+
+
+class _LangGraph:
+    """The few LangGraph names the adapter uses, resolved once."""
+
+    __slots__ = ("get_config", "GraphBubbleUp", "GraphInterrupt", "has_execution_info")
+
+    def __init__(self) -> None:
+        try:
+            from langgraph.config import get_config
+            from langgraph.errors import GraphBubbleUp, GraphInterrupt
+        except ImportError as exc:
+            raise MissingExtra("langgraph", "langgraph") from exc
+        try:
+            from langgraph.runtime import Runtime
+
+            fields = getattr(Runtime, "__dataclass_fields__", {})
+            self.has_execution_info = "execution_info" in fields
+        except ImportError:  # langgraph < 0.6: no Runtime at all
+            self.has_execution_info = False
+        self.get_config = get_config
+        self.GraphBubbleUp = GraphBubbleUp
+        self.GraphInterrupt = GraphInterrupt
+        register_control_flow(GraphBubbleUp, Outcome.INTERRUPTED)
+
+
+_lg: Optional[_LangGraph] = None
+
+
+def load() -> _LangGraph:
+    """LangGraph's names, imported (and its control flow registered) on first call."""
+    global _lg
+    if _lg is None:
+        _lg = _LangGraph()
+    return _lg
+
+
+def node_attempt(configurable: dict) -> Optional[int]:
+    """The attempt number of the running task (1, 2, ...), ``None`` when LangGraph does not
+    say (before 1.1.3): then no failure can be known to be retried, so each one is final."""
+    runtime = configurable.get(RUNTIME_KEY)
+    info = getattr(runtime, "execution_info", None)
+    attempt = getattr(info, "node_attempt", None)
+    return attempt if isinstance(attempt, int) and attempt > 0 else None
+
+
+def _retries_on(policy: Any, exc: BaseException) -> bool:
+    """LangGraph's ``_should_retry_on`` (``pregel/_retry.py``), which is private upstream."""
+    retry_on = policy.retry_on
+    if isinstance(retry_on, Sequence):
+        return isinstance(exc, tuple(retry_on))
+    if isinstance(retry_on, type) and issubclass(retry_on, BaseException):
+        return isinstance(exc, retry_on)
+    return bool(retry_on(exc))
+
+
+def will_retry(policy: Any, exc: BaseException, attempt: Optional[int]) -> bool:
+    """Whether LangGraph's retry loop runs the task again after ``attempt`` raised ``exc``.
+
+    Mirrors ``run_with_retry``: the first policy whose ``retry_on`` matches decides, and
+    the task is retried while ``attempt < max_attempts``. Control flow and
+    ``BaseException`` are never retried. A policy that cannot be read means "final"
+    (the failure is counted, never hidden).
+    """
+    if attempt is None or not policy or not isinstance(exc, Exception) or isinstance(exc, load().GraphBubbleUp):
+        return False
+    policies = (policy,) if hasattr(policy, "max_attempts") else policy  # RetryPolicy is a NamedTuple
+    try:
+        for p in policies:
+            if _retries_on(p, exc):
+                return attempt < p.max_attempts
+    except Exception:
+        return False
+    return False

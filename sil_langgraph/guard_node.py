@@ -1,0 +1,127 @@
+"""A guard node: a real graph node that judges the state a guarded target produced.
+
+``GuardNode(guard, "write", check)`` is added with ``add_node`` after the target (also
+after a ``Send`` fan-out, with ``defer=True`` so it sees the fan-out's final state). Each
+run calls ``check(state)``; a falsy value (or a check that raises) means the target "ran
+but produced garbage", a failure of the version that produced it.
+
+How the verdict reaches the right version: the guarded node (:func:`guarded_node`) notes,
+per ``(target, thread id)`` in this process, the successful calls a guard node has not
+judged yet and the version that served them (only for targets a ``GuardNode`` watches, so
+unwatched targets pay nothing). A failing check turns each of those calls into a failure
+with :meth:`Guard.feedback <sil_core.Guard.feedback>`: the node's own record now says
+"failed", against its version and arm, so a canary whose candidate produces garbage is
+detected like one whose candidate raises, and the call is never counted twice. When no
+call is waiting (the target ran in another process, or before this guard existed) the
+verdict is recorded as a call of its own, against the version routing gives the thread
+(deterministic per thread during a canary).
+
+:meth:`GuardNode.route` is a conditional-edge function: ``"fallback"`` when the check
+fails or when the version that served the thread belongs to a change that was rolled back,
+else ``"ok"``.
+
+No ``from __future__ import annotations`` here: LangGraph reads ``__call__``'s signature.
+"""
+
+from typing import Any, Callable, Optional
+
+from sil_core._internal.failopen import report
+from sil_core.rollout import State
+
+from ._compat import load
+from .nodes import ledger
+
+__all__ = ("GuardNode",)
+
+OK, FALLBACK = "ok", "fallback"
+
+
+class GuardNode:
+    """Judge the state ``target`` produced with ``check(state) -> bool``.
+
+    Args:
+        guard: the :class:`sil_core.Guard` the target is guarded by.
+        target: the guarded target's name (the node name, by default).
+        check: the success predicate on the graph state.
+        name: the node's name (``__name__``, used by ``add_node(guard_node)``), by
+            default ``"guard_<target>"``.
+        update: optional ``update(state, ok) -> dict`` whose result is the node's state
+            update (e.g. to write the verdict into state); by default the node writes
+            nothing.
+
+    Example::
+
+        judge = GuardNode(guard, "write", lambda s: "[1]" in s["answer"])
+        builder.add_node("judge", judge, defer=True)
+        builder.add_conditional_edges("judge", judge.route, {"ok": END, "fallback": "safe_write"})
+    """
+
+    def __init__(self, guard: Any, target: str, check: Callable[[Any], Any], *, name: Optional[str] = None,
+                 update: Optional[Callable[[Any, bool], Any]] = None) -> None:
+        self.guard, self.target, self.check, self.update = guard, target, check, update
+        self.__name__ = name or f"guard_{target}"
+        self._lg = load()
+        self._ledger = ledger(guard)
+        with self._ledger.lock:
+            self._ledger.judged.add(target)
+
+    def __repr__(self) -> str:
+        return f"GuardNode({self.target!r}, name={self.__name__!r})"
+
+    def __call__(self, state: Any) -> Any:
+        ok = self._judge(state)
+        try:
+            self._record(ok)
+        except Exception as exc:  # fail open: the graph keeps running
+            report("guard_node.record", exc)
+        if self.update is None:
+            return None
+        return self.update(state, ok)
+
+    def route(self, state: Any) -> str:
+        """``"fallback"`` when the state fails the check or the thread's version was rolled
+        back; ``"ok"`` otherwise."""
+        if not self._judge(state):
+            return FALLBACK
+        try:
+            view = self.guard._changes.view(self.target)
+            if view.state == State.ROLLED_BACK and view.candidate is not None:
+                served = self._served_version(self._thread())
+                if served == view.candidate:
+                    return FALLBACK
+        except Exception as exc:
+            report("guard_node.route", exc)
+        return OK
+
+    # -- internals ------------------------------------------------------------------------
+    def _judge(self, state: Any) -> bool:
+        try:
+            return bool(self.check(state))
+        except Exception as exc:  # a check that raises is a failed check
+            report("guard_node.check", exc)
+            return False
+
+    def _thread(self) -> Any:
+        try:
+            return (self._lg.get_config().get("configurable") or {}).get("thread_id")
+        except Exception:
+            return None
+
+    def _served_version(self, thread: Any) -> Optional[str]:
+        with self._ledger.lock:
+            entry = self._ledger.served.get((self.target, thread))
+        if entry is not None:
+            return entry[0]
+        return self.guard._changes.route(self.target, thread)[0]
+
+    def _record(self, ok: bool) -> None:
+        thread = self._thread()
+        calls = self._ledger.take(self.target, thread)
+        if calls:
+            if not ok:
+                for call_id in calls:
+                    self.guard.feedback(call_id, success=False)
+            return
+        version, arm, _ = self.guard._changes.route(self.target, thread)
+        self.guard.record(self.target, success=ok, latency_s=0.0, version=version, arm=arm,
+                          context={"source": "guard_node"})
