@@ -33,9 +33,10 @@ from uuid import UUID
 from sil_core._internal.failopen import report
 from sil_core._internal.jsonsafe import error_message
 from sil_core.errors import MissingExtra
-from sil_core.outcomes import classify_exception, register_control_flow
+from sil_core.outcomes import classify_exception
 from sil_core.records import Outcome
 
+from . import _compat
 from .adapters import arm_key, version_key
 
 __all__ = ("GuardCallbackHandler",)
@@ -203,11 +204,11 @@ _class_lock = threading.Lock()
 
 
 def _register_langgraph_control_flow() -> None:
+    """LangGraph's control flow, registered by the one loader the package has."""
     try:
-        from langgraph.errors import GraphBubbleUp
-    except ImportError:  # langchain-core without langgraph: nothing to register
-        return
-    register_control_flow(GraphBubbleUp, Outcome.INTERRUPTED)
+        _compat.load()
+    except MissingExtra:  # langchain-core without langgraph: nothing to register
+        pass
 
 
 def _handler_class() -> type:
