@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) examples/01_basic_tracking.py
+	$(PY) examples/05_langgraph_regression_guard.py
 
 test: $(STAMP)
 	$(PY) -m pytest -q

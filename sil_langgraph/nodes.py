@@ -101,6 +101,16 @@ def ledger(guard: Any) -> _Ledger:
     return led
 
 
+class _Unversioned(CallInfo):
+    """The call info of a target no version serves yet: its config is the adapter's."""
+
+    __slots__ = ("adapter",)
+
+    def __init__(self, target: str, adapter: Any) -> None:
+        super().__init__(target, None, None, None)
+        self.adapter = adapter
+
+
 class _Node:
     """The per-execution decisions of one guarded node, written once for both shells."""
 
@@ -132,6 +142,10 @@ class _Node:
             if pinned is not None:
                 return name, thread, attempt, pinned[0], pinned[1], True
         route, token = self.guard._start_call(name, thread)
+        if token is None:
+            adapter = self.guard._changes.adapters.get(name) or self.guard.adapter
+            if adapter is not None:  # no version yet: node_config() reads the adapter's config
+                token = _current.set(_Unversioned(name, adapter))
         return name, thread, attempt, route, token, False
 
     def _pinned(self, name: str, thread: Any) -> Optional[tuple]:
@@ -246,13 +260,16 @@ def add_guarded_node(builder: Any, name: str, fn: Callable[..., Any], *, guard: 
 def node_config() -> Optional[dict]:
     """Inside a guarded node: the config of the version serving this execution (during a
     canary, the baseline's or the candidate's, the same for a whole thread; after a
-    resume, the version the execution started with). ``None`` when the node's target has
-    no config versions yet."""
+    resume, the version the execution started with). Before the target's first change, the
+    config its guard's adapter holds. ``None`` outside a guarded node, or when there is
+    neither a version nor an adapter."""
     info = current_call()
-    if info is None or info.config is None:
+    if info is None:
         return None
     try:
-        return dict(info.config)
+        if isinstance(info, _Unversioned):
+            return dict(info.adapter.get_config(agent_id=info.target))
+        return None if info.config is None else dict(info.config)
     except Exception as exc:  # fail open: a strange config never breaks the node
         report("node_config", exc)
         return None

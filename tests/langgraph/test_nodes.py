@@ -169,6 +169,24 @@ def test_node_config_outside_a_versioned_target_is_none(guard):
     assert seen == [None]
 
 
+def test_node_config_before_any_change_is_the_adapters_config():
+    adapter = DictConfigAdapter({"work": {"prompt": "v1"}})
+    seen = []
+
+    def work(state: S) -> S:
+        seen.append(node_config())
+        return {}
+
+    with Guard("memory://", adapter=adapter, flush_interval=60, refresh_interval=0) as g:
+        graph = one_node_graph(guarded_node(work, guard=g))
+        graph.invoke({"x": 1})
+        adapter.configs["work"] = {"prompt": "edited by hand"}  # read per execution, not cached
+        graph.invoke({"x": 2})
+        g.flush()
+        assert [r.version for r in g.store.read_calls("work")] == [None, None]  # nothing invented
+    assert seen == [{"prompt": "v1"}, {"prompt": "edited by hand"}]
+
+
 def test_signature_and_wrapped_are_the_innermost_function(guard):
     def inner(state: S, config: RunnableConfig) -> S:
         return {}
