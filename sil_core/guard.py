@@ -77,7 +77,9 @@ class Guard:
         thresholds: the :class:`AdaptiveThreshold` that decides when failures trigger.
         worker_id: names this worker in the trail (default ``host:pid``).
         flush_interval: seconds between background writes in batched mode.
-        max_pending: records kept in memory at most while the store is slow or down.
+        max_pending: records kept in memory at most while the store is slow or down
+            (guarded LangGraph nodes check it at least once per ``refresh_interval``, so
+            they may overshoot it by what they record in that time).
         refresh_interval: seconds a worker serves a target's cached version before
             re-reading it from the store (how fast other workers' moves are seen).
 
@@ -137,6 +139,7 @@ class Guard:
         self._pending_eval: set[str] = set()
         self._last_tick = 0.0
         self._sync = durability == "sync"
+        self._enqueue = self._writer.put_durable if self._sync else self._writer.put
         self._closed = False
         ref = weakref.ref(self)
         atexit.register(lambda: (g := ref()) is not None and g.close(timeout=5.0))
@@ -326,7 +329,7 @@ class Guard:
 
     def _finish(self, target: str, ts: float, duration: float, exc: BaseException | None, ok: Any,
                 route: tuple | None, token: Any, call_id: str | None = None, context: Any = None,
-                score: float | None = None) -> CallRecord | None:
+                score: float | None = None, attempt: int = 1) -> CallRecord | None:
         """Build the record of a finished call (never raises)."""
         try:
             if token is not None:
@@ -337,25 +340,22 @@ class Guard:
             version, arm = (route[0], route[1]) if route else (None, None)
             if exc is None:
                 if ok is True:  # the id of a decorated call is assigned off the hot path
-                    return CallRecord(call_id, target, ts, duration, _OK, None, None, version, arm, 1, score, context)
+                    return CallRecord(call_id, target, ts, duration, _OK, None, None, version, arm, attempt, score,
+                                      context)
                 outcome, etype, msg = _ERROR, ok, None
             else:
                 outcome, etype, msg = classify_exception(exc), type(exc).__name__, error_message(exc)
-            return CallRecord(call_id, target, ts, duration, outcome, etype, msg, version, arm, 1, score, context)
+            return CallRecord(call_id, target, ts, duration, outcome, etype, msg, version, arm, attempt, score, context)
         except Exception as err:
             report("guard.record", err)
             return None
 
     def _put(self, item: CallRecord | Feedback | None) -> None:
-        if item is None:
-            return
-        try:
-            if self._sync:
-                self._writer.put_durable(item)
-            else:
-                self._writer.put(item)
-        except Exception as exc:
-            report("guard.record", exc)
+        if item is not None:
+            try:
+                self._enqueue(item)
+            except Exception as exc:
+                report("guard.record", exc)
 
     async def _aput(self, item: CallRecord | Feedback | None) -> None:
         if item is None:

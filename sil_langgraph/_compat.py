@@ -12,6 +12,7 @@ Feature detection (``langgraph.md`` §1):
   ``GraphBubbleUp``, which is registered once as ``interrupted`` control flow.
 """
 
+import sys
 from typing import Any, Optional, Sequence
 
 from sil_core.errors import MissingExtra
@@ -28,7 +29,7 @@ RESUMING_KEY = "__pregel_resuming"
 class _LangGraph:
     """The few LangGraph names the adapter uses, resolved once."""
 
-    __slots__ = ("get_config", "GraphBubbleUp", "GraphInterrupt", "has_execution_info")
+    __slots__ = ("get_config", "current_config", "GraphBubbleUp", "GraphInterrupt", "has_execution_info")
 
     def __init__(self) -> None:
         try:
@@ -44,6 +45,7 @@ class _LangGraph:
         except ImportError:  # langgraph < 0.6: no Runtime at all
             self.has_execution_info = False
         self.get_config = get_config
+        self.current_config = _current_config(get_config)
         self.GraphBubbleUp = GraphBubbleUp
         self.GraphInterrupt = GraphInterrupt
         register_control_flow(GraphBubbleUp, Outcome.INTERRUPTED)
@@ -60,13 +62,36 @@ def load() -> _LangGraph:
     return _lg
 
 
+def _current_config(get_config: Any) -> Any:
+    """A function returning the running node's config, ``None`` outside a graph run. On
+    Python 3.11+ it is the context variable ``get_config()`` reads (one lookup on the hot
+    path); before 3.11, ``get_config()`` itself, which refuses async contexts (the variable
+    is not propagated to async nodes there)."""
+    if sys.version_info >= (3, 11):
+        try:
+            from langchain_core.runnables.config import var_child_runnable_config
+
+            return var_child_runnable_config.get
+        except ImportError:
+            pass
+
+    def current_config() -> Any:
+        try:
+            return get_config()
+        except Exception:  # outside a graph run
+            return None
+
+    return current_config
+
+
 def node_attempt(configurable: dict) -> Optional[int]:
     """The attempt number of the running task (1, 2, ...), ``None`` when LangGraph does not
     say (before 1.1.3): then no failure can be known to be retried, so each one is final."""
-    runtime = configurable.get(RUNTIME_KEY)
-    info = getattr(runtime, "execution_info", None)
-    attempt = getattr(info, "node_attempt", None)
-    return attempt if isinstance(attempt, int) and attempt > 0 else None
+    try:
+        attempt = configurable[RUNTIME_KEY].execution_info.node_attempt
+    except (KeyError, AttributeError):
+        return None
+    return attempt if type(attempt) is int and attempt > 0 else None
 
 
 def _retries_on(policy: Any, exc: BaseException) -> bool:

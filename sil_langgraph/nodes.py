@@ -50,8 +50,10 @@ from ._compat import RESUMING_KEY, load, node_attempt, will_retry
 __all__ = ("add_guarded_node", "guarded_node", "node_config")
 
 _perf = time.perf_counter
+_mono = time.monotonic
 _now = time.time
 PIN = "pin"
+_OK = Outcome.OK
 _LEDGER_MAX = 10_000
 
 
@@ -101,52 +103,76 @@ def ledger(guard: Any) -> _Ledger:
     return led
 
 
-class _Unversioned(CallInfo):
-    """The call info of a target no version serves yet: its config is the adapter's."""
-
-    __slots__ = ("adapter",)
-
-    def __init__(self, target: str, adapter: Any) -> None:
-        super().__init__(target, None, None, None)
-        self.adapter = adapter
+#: LangGraph node name -> (weak ref to the guard, target) of the guarded node last seen
+#: running under that name, so node_config() can read the guard's adapter for a target no
+#: version serves yet without any work on the hot path
+_node_targets: dict = {}
+_EMPTY: dict = {}
 
 
 class _Node:
     """The per-execution decisions of one guarded node, written once for both shells."""
 
-    __slots__ = ("guard", "target", "success", "retry_policy", "default_name", "lg", "ledger")
+    __slots__ = ("guard", "target", "success", "retry_policy", "default_name", "lg", "ledger", "names")
 
     def __init__(self, guard: Any, target: Optional[str], success: Any, retry_policy: Any, default_name: str) -> None:
         self.guard, self.target, self.success = guard, target, success
         self.retry_policy, self.default_name = retry_policy, default_name
         self.lg = load()
         self.ledger = ledger(guard)
+        self.names: set = set()  # node names this wrapper has run under
 
-    def begin(self) -> tuple:
-        """``(target, thread, attempt, route, token, pinned)`` of the starting execution."""
-        thread, attempt, resuming = None, None, False
-        try:
-            config = self.lg.get_config()
-        except Exception:  # called outside a graph run
-            config = None
-        if config is not None:
-            configurable = config.get("configurable") or {}
-            thread = configurable.get("thread_id")
-            attempt = node_attempt(configurable)
-            resuming = configurable.get(RESUMING_KEY)
-            name = self.target or (config.get("metadata") or {}).get("langgraph_node") or self.default_name
-        else:
-            name = self.target or self.default_name
-        if resuming and thread is not None:
-            pinned = self._pinned(name, thread)
-            if pinned is not None:
-                return name, thread, attempt, pinned[0], pinned[1], True
-        route, token = self.guard._start_call(name, thread)
-        if token is None:
-            adapter = self.guard._changes.adapters.get(name) or self.guard.adapter
-            if adapter is not None:  # no version yet: node_config() reads the adapter's config
-                token = _current.set(_Unversioned(name, adapter))
-        return name, thread, attempt, route, token, False
+    def shells(self) -> tuple:
+        """``(begin, end)`` for the wrapper: the common path, with every name it needs bound
+        to a local (the wrapper runs on every node execution; see ``langgraph_overhead.py``)."""
+        current_config, start_call, finish = self.lg.current_config, self.guard._start_call, self.guard._finish
+        target, default_name, names, success = self.target, self.default_name, self.names, self.success
+        judged, pinned_route, settle = self.ledger.judged, self._pinned, self._settle
+        views = self.guard._views
+
+        def begin() -> tuple:
+            """``(target, thread, configurable, route, token, pinned)`` of a starting execution."""
+            config = current_config()
+            if config:
+                configurable = config.get("configurable") or _EMPTY
+                thread = configurable.get("thread_id")
+                name = target or (config.get("metadata") or _EMPTY).get("langgraph_node") or default_name
+                if configurable.get(RESUMING_KEY) and thread is not None:
+                    pinned = pinned_route(name, thread)
+                    if pinned is not None:
+                        return name, thread, configurable, pinned[0], pinned[1], True
+            else:  # called outside a graph run
+                configurable = thread = None
+                name = target or default_name
+            if name not in names:
+                self._register(name, config)
+            view = views.get(name)
+            if view is not None and view.unversioned and _mono() <= view.expires:
+                return name, thread, configurable, None, None, False  # no version: nothing to route
+            route, token = start_call(name, thread)
+            return name, thread, configurable, route, token, False
+
+        def end(run: tuple, ts: float, duration: float, exc: Optional[BaseException], result: Any) -> Any:
+            """The record of a finished execution (``None`` on an internal failure)."""
+            try:
+                name, thread, configurable, route, token, pinned = run
+                attempt = node_attempt(configurable) if configurable else None  # None: LangGraph < 1.1.3
+                if exc is None and not pinned and name not in judged:  # the common case
+                    ok = True if success is None else judge_result(success, result)
+                    if ok is True and token is None:  # CallRecord's fields: the writer builds it
+                        return None, name, ts, duration, _OK, None, None, None, None, attempt or 1, None, None
+                    return finish(name, ts, duration, None, ok, route, token, attempt=attempt or 1)
+                return settle(run, attempt, ts, duration, exc, result)
+            except Exception as err:
+                report("langgraph.record", err)
+                return None
+
+        return begin, end
+
+    def _register(self, name: str, config: Any) -> None:
+        self.names.add(name)
+        node = (config.get("metadata") or _EMPTY).get("langgraph_node") if config else None
+        _node_targets[node or name] = (weakref.ref(self.guard), name)
 
     def _pinned(self, name: str, thread: Any) -> Optional[tuple]:
         try:
@@ -161,29 +187,27 @@ class _Node:
             report("langgraph.pin", exc)
             return None
 
-    def end(self, run: tuple, ts: float, duration: float, exc: Optional[BaseException], result: Any) -> Any:
-        """The record of a finished execution (``None`` on an internal failure)."""
-        name, thread, attempt, route, token, pinned = run
+    def _settle(self, run: tuple, attempt: Optional[int], ts: float, duration: float, exc: Optional[BaseException],
+                result: Any) -> Any:
+        """The record of an execution off the common path: a failure, a retried attempt, an
+        interrupt (pin the version), the end of a pinned execution, a judged target."""
+        name, thread, _, route, token, pinned = run
         ok = True if exc is not None else judge_result(self.success, result)
-        record = self.guard._finish(name, ts, duration, exc, ok, route, token)
+        record = self.guard._finish(name, ts, duration, exc, ok, route, token, attempt=attempt or 1)
         if record is None:
             return None
-        try:
-            record.attempt = attempt or 1
-            outcome = record.outcome
-            if outcome == Outcome.ERROR and exc is not None and will_retry(self._policy(), exc, attempt):
-                record.outcome = Outcome.RETRIED
-            elif thread is not None and route is not None:
-                if exc is not None and isinstance(exc, self.lg.GraphInterrupt):
-                    self.guard.store.kv_put(PIN, pin_key(name, thread), {"version": route[0], "arm": route[1]},
-                                            expect_rev=None)
-                elif pinned and outcome in Outcome.DECIDED:
-                    self.guard.store.kv_put(PIN, pin_key(name, thread), {}, expect_rev=None)
-            if outcome == Outcome.OK and name in self.ledger.judged:
-                record.id = new_id()
-                self.ledger.note(name, thread, record.version, record.arm, record.id)
-        except Exception as err:
-            report("langgraph.record", err)
+        outcome = record.outcome
+        if outcome == Outcome.ERROR and exc is not None and will_retry(self._policy(), exc, attempt):
+            record.outcome = Outcome.RETRIED
+        elif thread is not None and route is not None:
+            if exc is not None and isinstance(exc, self.lg.GraphInterrupt):
+                self.guard.store.kv_put(PIN, pin_key(name, thread), {"version": route[0], "arm": route[1]},
+                                        expect_rev=None)
+            elif pinned and outcome in Outcome.DECIDED:
+                self.guard.store.kv_put(PIN, pin_key(name, thread), {}, expect_rev=None)
+        if outcome == Outcome.OK and name in self.ledger.judged:
+            record.id = new_id()
+            self.ledger.note(name, thread, record.version, record.arm, record.id)
         return record
 
     def _policy(self) -> Any:
@@ -205,10 +229,38 @@ def guarded_node(fn: Callable[..., Any], *, guard: Any, target: Optional[str] = 
             node is added with, so attempts LangGraph retries are recorded as ``retried``.
     """
     node = _Node(guard, target, success, retry_policy, getattr(fn, "__qualname__", repr(fn)))
-    begin, end, put, aput = node.begin, node.end, guard._put, guard._aput
+    (begin, end), put, aput = node.shells(), guard._put, guard._aput
+    # The fast lane: an execution of a registered, unversioned, unjudged target, not
+    # resuming, with no success predicate, under a batched guard. It skips the shells and
+    # appends the record's fields straight to the writer's queue; the queue's bound and the
+    # flusher's wake-up are checked by the general path, which every target takes at least
+    # once per refresh interval (its view expires). LangGraph runs each node between
+    # hundreds of µs of its own code, so every Python frame saved here counts (see
+    # benchmarks/langgraph_overhead.py). Written out in both twins for the same reason.
+    fast = success is None and not guard._sync
+    current_config, views, names, judged = node.lg.current_config, guard._views, node.names, node.ledger.judged
+    append = guard._writer._queue.append
 
     if is_coroutine_callable(fn):
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            config = current_config()
+            if fast and config:
+                name = target or (config.get("metadata") or _EMPTY).get("langgraph_node")
+                view = views.get(name)
+                configurable = config.get("configurable") or _EMPTY
+                if (view is not None and view.unversioned and name in names and name not in judged
+                        and _mono() <= view.expires and not configurable.get(RESUMING_KEY)):
+                    ts, t0 = _now(), _perf()
+                    try:
+                        result = await fn(*args, **kwargs)
+                    except BaseException as exc:
+                        await aput(end((name, configurable.get("thread_id"), configurable, None, None, False), ts,
+                                       _perf() - t0, exc, None))
+                        raise
+                    duration = _perf() - t0
+                    append((None, name, ts, duration, _OK, None, None, None, None,
+                            node_attempt(configurable) or 1, None, None))
+                    return result
             run = begin()
             ts, t0 = _now(), _perf()
             try:
@@ -220,6 +272,24 @@ def guarded_node(fn: Callable[..., Any], *, guard: Any, target: Optional[str] = 
             return result
     else:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            config = current_config()
+            if fast and config:
+                name = target or (config.get("metadata") or _EMPTY).get("langgraph_node")
+                view = views.get(name)
+                configurable = config.get("configurable") or _EMPTY
+                if (view is not None and view.unversioned and name in names and name not in judged
+                        and _mono() <= view.expires and not configurable.get(RESUMING_KEY)):
+                    ts, t0 = _now(), _perf()
+                    try:
+                        result = fn(*args, **kwargs)
+                    except BaseException as exc:
+                        put(end((name, configurable.get("thread_id"), configurable, None, None, False), ts,
+                                _perf() - t0, exc, None))
+                        raise
+                    duration = _perf() - t0
+                    append((None, name, ts, duration, _OK, None, None, None, None,
+                            node_attempt(configurable) or 1, None, None))
+                    return result
             run = begin()
             ts, t0 = _now(), _perf()
             try:
@@ -264,12 +334,24 @@ def node_config() -> Optional[dict]:
     config its guard's adapter holds. ``None`` outside a guarded node, or when there is
     neither a version nor an adapter."""
     info = current_call()
-    if info is None:
-        return None
     try:
-        if isinstance(info, _Unversioned):
-            return dict(info.adapter.get_config(agent_id=info.target))
+        if info is None:
+            return _adapter_config()
         return None if info.config is None else dict(info.config)
     except Exception as exc:  # fail open: a strange config never breaks the node
         report("node_config", exc)
         return None
+
+
+def _adapter_config() -> Optional[dict]:
+    """The config the guard's adapter holds for the running guarded node (no version yet)."""
+    config = load().current_config()
+    if not config:
+        return None
+    entry = _node_targets.get((config.get("metadata") or _EMPTY).get("langgraph_node"))
+    guard = entry[0]() if entry else None
+    if guard is None:
+        return None
+    target = entry[1]
+    adapter = guard._changes.adapters.get(target) or guard.adapter
+    return None if adapter is None else dict(adapter.get_config(agent_id=target))

@@ -67,18 +67,26 @@ class Writer:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._delay = interval
+        #: queue length at which put() takes the slow path; 0 until the flusher thread runs
+        self._limit = 0
         _writers.add(self)
 
     # -- hot path ------------------------------------------------------------------------
-    def put(self, item: CallRecord | Feedback) -> None:
-        """Queue an item; returns at once."""
+    def put(self, item: CallRecord | Feedback | tuple) -> None:
+        """Queue an item; returns at once. A tuple is a :class:`CallRecord`'s fields in
+        order, turned into the record on the flusher thread (the cheapest thing to queue)."""
         queue = self._queue
-        if len(queue) >= self.max_pending:
-            self._drop_oldest()
         queue.append(item)
+        if len(queue) >= self._limit:  # rare: no flusher thread yet, a full batch, a full queue
+            self._full()
+
+    def _full(self) -> None:
         if self._thread is None:  # first use, or a forked child (see _after_fork)
             self._start()
-        elif len(queue) >= self.batch_size and not self._wake.is_set():
+        queue = self._queue
+        while len(queue) > self.max_pending:
+            self._drop_oldest()
+        if len(queue) >= self.batch_size and not self._wake.is_set():
             self._wake.set()
 
     def put_durable(self, item: CallRecord | Feedback, timeout: float | None = 30.0) -> bool:
@@ -139,6 +147,7 @@ class Writer:
     def _start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="sil-writer", daemon=True)
         self._thread.start()
+        self._limit = min(self.batch_size, self.max_pending + 1)
 
     def _run(self) -> None:
         while not self._closed:
@@ -170,6 +179,8 @@ class Writer:
                         item = item.item
                         if item is None:  # a flush marker
                             continue
+                    if type(item) is tuple:  # a record's fields, queued by a hot path (see Writer.put)
+                        item = CallRecord(*item)
                     if isinstance(item, CallRecord):
                         _prepare(item)
                         calls.append(item)
@@ -224,6 +235,7 @@ def _after_fork() -> None:
     # a forked child has no flusher thread, and the queued records are the parent's to write
     for writer in list(_writers):
         writer._thread = None
+        writer._limit = 0
         writer._queue.clear()
         writer._retry = []
         writer._io = threading.Lock()

@@ -4,6 +4,7 @@ routing by thread and config-version pinning across interrupt and resume."""
 import asyncio
 import operator
 import random
+import time
 from typing import Annotated, TypedDict
 
 import pytest
@@ -14,7 +15,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.store.memory import InMemoryStore
 from langgraph.types import CachePolicy, Command, RetryPolicy, Send, interrupt
 
-from sil_core import DictConfigAdapter, Guard, RolloutPolicy, State
+from sil_core import DictConfigAdapter, Guard, RolloutPolicy, State, open_store
 from sil_langgraph import add_guarded_node, guarded_node, node_config
 
 
@@ -24,9 +25,11 @@ class S(TypedDict, total=False):
     out: str
 
 
-@pytest.fixture
-def guard():
-    g = Guard("memory://", flush_interval=60, refresh_interval=0)
+@pytest.fixture(params=[0, 60], ids=["general-path", "fast-lane"])
+def guard(request):
+    """Every test runs twice: with views that expire at once (each execution takes the
+    general path) and with views that stay fresh (repeat executions take the fast lane)."""
+    g = Guard("memory://", flush_interval=60, refresh_interval=request.param)
     yield g
     g.close()
 
@@ -490,3 +493,41 @@ def test_without_node_attempt_every_failure_is_final():
     assert will_retry(policy, ConnectionError(), 1) and not will_retry(policy, ConnectionError(), 3)
     assert not will_retry(policy, ConnectionError(), None)  # langgraph < 1.1.3: unknown attempt
     assert not will_retry([RP(retry_on=KeyError)], ConnectionError(), 1)
+
+
+def test_the_fast_lane_records_every_execution_and_sees_another_workers_change():
+    """Repeat executions of an unversioned target skip the shells; each is still recorded
+    once (ok and error alike), and a change proposed by another worker on the same store
+    reaches the node once its view expires."""
+    store = open_store("memory://")
+    adapter = DictConfigAdapter({"work": {"prompt": "v1"}})
+    with Guard(store, adapter=adapter, flush_interval=60, refresh_interval=0.2) as worker, \
+            Guard(store, adapter=adapter, flush_interval=60) as other:
+        prompts = []
+
+        def work(state: S) -> S:
+            prompts.append((node_config() or {}).get("prompt"))
+            if state["x"] % 4 == 0:
+                raise ValueError("bad input")
+            return {"out": "done"}
+
+        graph = one_node_graph(guarded_node(work, guard=worker))
+        for x in range(40):
+            try:
+                graph.invoke({"x": x}, {"configurable": {"thread_id": f"t{x}"}})
+            except ValueError:
+                pass
+        worker.flush()
+        s = worker.stats("work")
+        assert (s.successes, s.failures) == (30, 10)
+        records = worker.store.read_calls("work", limit=100)
+        assert len({r.id for r in records}) == 40 and {r.attempt for r in records} == {1}
+        assert {r.version for r in records} == {None}
+
+        other.propose("work", {"prompt": "v2"}, mode="switch")
+        time.sleep(0.3)  # the worker's view of "work" expires
+        graph.invoke({"x": 1}, {"configurable": {"thread_id": "after"}})
+        worker.flush()
+        latest = worker.store.read_calls("work", limit=1)[0]
+        assert latest.version == other.change("work").candidate_version and latest.arm == "candidate"
+        assert prompts[-1] == "v2"
