@@ -44,6 +44,13 @@ MAX_RESTORE_ATTEMPTS = 10
 CANDIDATE, BASELINE = "candidate", "baseline"
 
 
+def bucket(change_id: str, key: Any) -> float:
+    """Where a routing key falls in [0, 1) for one change: below the change's weight, the
+    candidate serves it. The same on every worker, so any worker can tell which arm a key
+    got (or, after a rollback, would have got at the final weight)."""
+    return zlib.crc32(f"{change_id}:{key}".encode()) / 4294967296.0
+
+
 def patch_hash(patch: dict) -> str:
     return hashlib.sha256(json.dumps(patch, sort_keys=True, separators=(",", ":"), default=repr).encode()).hexdigest()[:16]
 
@@ -124,11 +131,7 @@ class ChangeManager:
             return v.active, None, None if v.active_config is None else dict(v.active_config)
         if v.mode == "switch":
             return v.candidate, CANDIDATE, dict(v.candidate_config)
-        if key is None:
-            u = random.random()
-        else:
-            u = zlib.crc32(f"{v.change_id}:{key}".encode()) / 4294967296.0
-        if u < v.weight:
+        if (random.random() if key is None else bucket(v.change_id, key)) < v.weight:
             return v.candidate, CANDIDATE, dict(v.candidate_config)
         return v.baseline, BASELINE, dict(v.baseline_config)
 

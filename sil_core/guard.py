@@ -262,6 +262,13 @@ class Guard:
         """Make ``version`` the active version (restored through the adapter if any)."""
         self._changes.pin(target, version, adapter=adapter, actor=actor)
 
+    def route(self, target: str, *, key: Any = None) -> tuple[str | None, str | None, dict | None]:
+        """``(version, arm, config)`` that serves a call of ``target`` now: the active
+        version (arm ``None``) or, during a canary, the arm ``key`` routes to (the same arm
+        for the same key on every worker; a random one without a key). For adapters that
+        serve config themselves (LangGraph's ``configurable``, a Hermes skill)."""
+        return self._changes.route(target, key)
+
     def versions(self, target: str) -> list[dict]:
         """Every stored config version of a target, oldest first."""
         return list_versions(self.store, target)

@@ -94,6 +94,15 @@ def node_attempt(configurable: dict) -> Optional[int]:
     return attempt if type(attempt) is int and attempt > 0 else None
 
 
+def task_id(configurable: dict) -> Optional[str]:
+    """The running task's id (stable across interrupt and resume), ``None`` before 1.1.3."""
+    try:
+        task = configurable[RUNTIME_KEY].execution_info.task_id
+    except (KeyError, AttributeError):
+        return None
+    return task if isinstance(task, str) and task else None
+
+
 def _retries_on(policy: Any, exc: BaseException) -> bool:
     """LangGraph's ``_should_retry_on`` (``pregel/_retry.py``), which is private upstream."""
     retry_on = policy.retry_on

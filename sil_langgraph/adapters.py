@@ -270,7 +270,7 @@ class ConfigurableAdapter(StoreConfigAdapter):
         change in flight, else the active version (``arm`` is ``None``)."""
         if self.guard is not None:
             try:
-                version, arm, config = self.guard._changes.route(target, key)
+                version, arm, config = self.guard.route(target, key=key)
                 if arm is not None and config is not None:
                     return version, arm, config
             except Exception as exc:  # fail open: serve the active version

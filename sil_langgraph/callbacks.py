@@ -17,6 +17,8 @@ it only sees a cancellation, so its record waits until its graph run ends and sa
 arm that served it.
 
 The handler cannot change a node's config (use ``sil_langgraph.guarded_node`` for that).
+A node that is also wrapped by ``guarded_node`` of the same guard, under the same target,
+is recorded once, by the wrapper (which knows the version that served it).
 It is thread-safe, cheap, and never raises into the graph (fail open).
 
 ``langchain-core`` is imported when :data:`GuardCallbackHandler` is first used, not when
@@ -38,6 +40,7 @@ from sil_core.records import Outcome
 
 from . import _compat
 from .adapters import arm_key, version_key
+from .nodes import _node_targets
 
 __all__ = ("GuardCallbackHandler",)
 
@@ -155,7 +158,7 @@ class _GuardCallbackLogic:
                 held = self._held.pop(run_id, None) if self._held else None
             if held:
                 self._release(held, error)
-            if run is None:
+            if run is None or self._wrapped(run):
                 return
             latency = _perf() - run.t0
             if error is None:
@@ -176,6 +179,12 @@ class _GuardCallbackLogic:
             self._record_error(run, latency, error, outcome)
         except Exception as exc:  # fail open
             report("langgraph.callback", exc)
+
+    def _wrapped(self, run: _Open) -> bool:
+        """Whether a ``guarded_node`` wrapper of this guard already records this node
+        execution under the same target (it knows the version; one record per execution)."""
+        entry = _node_targets.get(run.node)
+        return entry is not None and entry[0]() is self.guard and entry[1] == run.target
 
     def _release(self, held: list[tuple[_Open, float, BaseException]], parent_error: BaseException | None) -> None:
         """Record held cancellations: a timeout of that node (the parent's error says so) is

@@ -26,6 +26,7 @@ No ``from __future__ import annotations`` here: LangGraph reads ``__call__``'s s
 from typing import Any, Callable, Optional
 
 from sil_core._internal.failopen import report
+from sil_core.changes import bucket
 from sil_core.rollout import State
 
 from ._compat import load
@@ -108,11 +109,17 @@ class GuardNode:
             return None
 
     def _served_version(self, thread: Any) -> Optional[str]:
+        """The version that served ``thread``'s last call of the target: from this process's
+        ledger, else (the call ran in another worker) from the routing every worker shares;
+        after a canary's rollback, the arm the thread's key had at the change's last weight."""
         with self._ledger.lock:
             entry = self._ledger.served.get((self.target, thread))
         if entry is not None:
             return entry[0]
-        return self.guard._changes.route(self.target, thread)[0]
+        view = self.guard._changes.view(self.target)
+        if view.state == State.ROLLED_BACK and view.mode == "canary" and thread is not None:
+            return view.candidate if bucket(view.change_id, thread) < view.weight else view.baseline
+        return self.guard.route(self.target, key=thread)[0]
 
     def _record(self, ok: bool) -> None:
         thread = self._thread()
@@ -122,6 +129,6 @@ class GuardNode:
                 for call_id in calls:
                     self.guard.feedback(call_id, success=False)
             return
-        version, arm, _ = self.guard._changes.route(self.target, thread)
+        version, arm, _ = self.guard.route(self.target, key=thread)
         self.guard.record(self.target, success=ok, latency_s=0.0, version=version, arm=arm,
                           context={"source": "guard_node"})

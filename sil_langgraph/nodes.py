@@ -45,7 +45,7 @@ from sil_core.calls import CallInfo, _current, current_call, is_coroutine_callab
 from sil_core.records import Outcome
 from sil_core.versions import get_version
 
-from ._compat import RESUMING_KEY, load, node_attempt, will_retry
+from ._compat import RESUMING_KEY, load, node_attempt, task_id, will_retry
 
 __all__ = ("add_guarded_node", "guarded_node", "node_config")
 
@@ -57,8 +57,11 @@ _OK = Outcome.OK
 _LEDGER_MAX = 10_000
 
 
-def pin_key(target: str, thread: Any) -> str:
-    return f"{target}|{thread}"
+def pin_key(target: str, thread: Any, configurable: Any = None) -> str:
+    """The pin's key: per task when LangGraph names it (1.1.3+; a task keeps its id across
+    interrupt and resume), so each task of a ``Send`` fan-out keeps its own version."""
+    task = task_id(configurable) if configurable else None
+    return f"{target}|{thread}" if task is None else f"{target}|{thread}|{task}"
 
 
 class _Ledger:
@@ -138,7 +141,7 @@ class _Node:
                 thread = configurable.get("thread_id")
                 name = target or (config.get("metadata") or _EMPTY).get("langgraph_node") or default_name
                 if configurable.get(RESUMING_KEY) and thread is not None:
-                    pinned = pinned_route(name, thread)
+                    pinned = pinned_route(name, thread, configurable)
                     if pinned is not None:
                         return name, thread, configurable, pinned[0], pinned[1], True
             else:  # called outside a graph run
@@ -174,9 +177,9 @@ class _Node:
         node = (config.get("metadata") or _EMPTY).get("langgraph_node") if config else None
         _node_targets[node or name] = (weakref.ref(self.guard), name)
 
-    def _pinned(self, name: str, thread: Any) -> Optional[tuple]:
+    def _pinned(self, name: str, thread: Any, configurable: Any) -> Optional[tuple]:
         try:
-            row = self.guard.store.kv_get(PIN, pin_key(name, thread))
+            row = self.guard.store.kv_get(PIN, pin_key(name, thread, configurable))
             pin = row[0] if row else None
             if not pin or not pin.get("version"):
                 return None
@@ -191,7 +194,7 @@ class _Node:
                 result: Any) -> Any:
         """The record of an execution off the common path: a failure, a retried attempt, an
         interrupt (pin the version), the end of a pinned execution, a judged target."""
-        name, thread, _, route, token, pinned = run
+        name, thread, configurable, route, token, pinned = run
         ok = True if exc is not None else judge_result(self.success, result)
         record = self.guard._finish(name, ts, duration, exc, ok, route, token, attempt=attempt or 1)
         if record is None:
@@ -201,10 +204,10 @@ class _Node:
             record.outcome = Outcome.RETRIED
         elif thread is not None and route is not None:
             if exc is not None and isinstance(exc, self.lg.GraphInterrupt):
-                self.guard.store.kv_put(PIN, pin_key(name, thread), {"version": route[0], "arm": route[1]},
-                                        expect_rev=None)
+                self.guard.store.kv_put(PIN, pin_key(name, thread, configurable),
+                                        {"version": route[0], "arm": route[1]}, expect_rev=None)
             elif pinned and outcome in Outcome.DECIDED:
-                self.guard.store.kv_put(PIN, pin_key(name, thread), {}, expect_rev=None)
+                self.guard.store.kv_put(PIN, pin_key(name, thread, configurable), {}, expect_rev=None)
         if outcome == Outcome.OK and name in self.ledger.judged:
             record.id = new_id()
             self.ledger.note(name, thread, record.version, record.arm, record.id)

@@ -365,3 +365,31 @@ def test_one_handler_shared_by_concurrent_runs(guard):
     assert {k: len(v) for k, v in outcomes.items()} == {"sub": 64, "inner": 64, "plain": 64, "ask": 128}
     assert outcomes["ask"].count("interrupted") == 64
     assert handler.open_runs == 0
+
+
+@pytest.mark.parametrize("prefix", ["", "observed/"])
+def test_a_node_also_wrapped_by_guarded_node_is_recorded_once(guard, prefix):
+    from sil_langgraph import guarded_node
+
+    def fail_on_two(state: S) -> S:
+        if state["x"] == 2:
+            raise ValueError("two")
+        return {"answer": "ok"}
+
+    b = StateGraph(S)
+    b.add_node("wrapped", guarded_node(fail_on_two, guard=guard))
+    b.add_node("plain", lambda s: {"log": ["plain"]})
+    b.add_edge(START, "wrapped")
+    b.add_edge("wrapped", "plain")
+    b.add_edge("plain", END)
+    graph = b.compile().with_config(callbacks=[GuardCallbackHandler(guard, prefix=prefix)])
+    for x in (1, 2, 3):
+        try:
+            graph.invoke({"x": x})
+        except ValueError:
+            pass
+    got = by_target(guard)
+    assert sorted(got["wrapped"]) == ["error", "ok", "ok"]  # the wrapper's records, once each
+    if prefix:  # another target: the handler's own records, by design
+        assert sorted(got["observed/wrapped"]) == ["error", "ok", "ok"]
+    assert got[prefix + "plain"] == ["ok", "ok"]

@@ -7,7 +7,7 @@ import pytest
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send
 
-from sil_core import DictConfigAdapter, Guard, RolloutPolicy, State
+from sil_core import DictConfigAdapter, Guard, RolloutPolicy, State, open_store
 from sil_langgraph import GuardNode, add_guarded_node, node_config
 
 
@@ -181,3 +181,45 @@ def test_route_sends_a_thread_served_a_rolled_back_version_to_the_fallback():
         p.compile().invoke({"answer": "v2"}, {"configurable": {"thread_id": "t"}})
         p.compile().invoke({"answer": "v1"}, {"configurable": {"thread_id": "other"}})
         assert seen == ["fallback", "ok"]
+
+
+def test_route_in_another_worker_knows_which_threads_a_rolled_back_canary_served():
+    """The worker that routes a thread may not be the one that ran its guarded node: the
+    arm comes from routing every worker shares, at the change's last weight."""
+    store = open_store("memory://")
+    adapter = DictConfigAdapter({"write": {"prompt": "v1"}})
+    policy = RolloutPolicy(ramp=(0.5,), observe_only=True)
+    with Guard(store, adapter=adapter, policy=policy, flush_interval=60, refresh_interval=0) as runner, \
+            Guard(store, adapter=adapter, flush_interval=60, refresh_interval=0) as router:
+        served = {}
+
+        def write(state: S) -> S:
+            served[state["topic"]] = node_config()["prompt"]
+            return {"answer": "x", "path": ["write"]}
+
+        b = StateGraph(S)
+        add_guarded_node(b, "write", write, guard=runner)
+        b.add_edge(START, "write")
+        b.add_edge("write", END)
+        graph = b.compile()
+        runner.propose("write", {"prompt": "v2"})  # a canary at 50 %
+        for i in range(20):
+            graph.invoke({"topic": f"t{i}"}, {"configurable": {"thread_id": f"t{i}"}})
+        assert set(served.values()) == {"v1", "v2"}
+        runner.rollback("write")
+
+        judge = GuardNode(router, "write", lambda s: True)  # another worker: an empty ledger
+        routes = {}
+
+        def probe(state: S) -> S:
+            routes[state["topic"]] = judge.route(state)
+            return {}
+
+        p = StateGraph(S)
+        p.add_node("probe", probe)
+        p.add_edge(START, "probe")
+        p.add_edge("probe", END)
+        probe_graph = p.compile()
+        for thread in served:
+            probe_graph.invoke({"topic": thread}, {"configurable": {"thread_id": thread}})
+        assert routes == {t: ("fallback" if prompt == "v2" else "ok") for t, prompt in served.items()}

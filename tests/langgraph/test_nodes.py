@@ -531,3 +531,34 @@ def test_the_fast_lane_records_every_execution_and_sees_another_workers_change()
         latest = worker.store.read_calls("work", limit=1)[0]
         assert latest.version == other.change("work").candidate_version and latest.arm == "candidate"
         assert prompts[-1] == "v2"
+
+
+def test_each_task_of_a_fan_out_keeps_its_own_pin_across_resume():
+    """Two tasks of one node in one thread, both interrupted on v2, resumed one at a time
+    after a rollback: the second keeps v2 although the first finished (the pin is per task)."""
+
+    class Fan(TypedDict, total=False):
+        drafts: Annotated[list, operator.add]
+
+    adapter = DictConfigAdapter({"draft": {"prompt": "v1"}})
+    with Guard("memory://", adapter=adapter, flush_interval=60, refresh_interval=0) as g:
+        def draft(state: dict) -> dict:
+            prompt = node_config()["prompt"]
+            answer = interrupt(f"approve {state['part']}?")
+            return {"drafts": [f"{state['part']}:{prompt}:{answer}"]}
+
+        b = StateGraph(Fan)
+        add_guarded_node(b, "draft", draft, guard=g)
+        b.add_conditional_edges(START, lambda s: [Send("draft", {"part": p}) for p in ("a", "b")], ["draft"])
+        b.add_edge("draft", END)
+        graph = b.compile(checkpointer=InMemorySaver())
+        g.propose("draft", {"prompt": "v2"}, mode="switch")
+        cfg = {"configurable": {"thread_id": "fan"}}
+        graph.invoke({"drafts": []}, cfg)
+        pending = graph.get_state(cfg).interrupts
+        assert len(pending) == 2
+        assert g.rollback("draft")
+        first, second = sorted(pending, key=lambda i: i.value)
+        graph.invoke(Command(resume={first.id: "yes"}), cfg)
+        out = graph.invoke(Command(resume={second.id: "ok"}), cfg)
+        assert sorted(out["drafts"]) == ["a:v2:yes", "b:v2:ok"]
