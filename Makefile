@@ -22,6 +22,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/history.py
 	$(PY) benchmarks/detection.py
+	$(PY) benchmarks/langgraph_overhead.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -26,6 +26,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.store.memory import InMemoryStore
 
 from sil_core import Guard, RolloutPolicy, State
+from sil_langgraph import guarded_node
 from sil_langgraph.adapters import ConfigurableAdapter
 from sil_langgraph.callbacks import GuardCallbackHandler
 
@@ -154,22 +155,17 @@ guard.close()
 # --- the same node, wrapped instead of observed ----------------------------------------------
 # ``guarded_node`` wraps the function itself (still unchanged): LangGraph keeps injecting
 # ``config``, and the wrapper can serve a canary arm's config to each execution.
-try:
-    from sil_langgraph import guarded_node
-except ImportError:  # an older sil_langgraph without the wrapper
-    guarded_node = None
-if guarded_node is not None:
-    with Guard("memory://") as wrap_guard:
-        wrapped = StateGraph(Ticket)
-        wrapped.add_node("triage", triage)
-        wrapped.add_node("research", research.compile())
-        wrapped.add_node("reply", guarded_node(reply, guard=wrap_guard))
-        wrapped.add_edge(START, "triage")
-        wrapped.add_edge("triage", "research")
-        wrapped.add_edge("research", "reply")
-        wrapped.add_edge("reply", END)
-        app = wrapped.compile()
-        for i in range(20):
-            app.invoke({"question": f"question {i}"}, {"configurable": {"style": "friendly"}})
-        s = wrap_guard.stats("reply")
-        print(f"6. the same node wrapped with guarded_node: {s.n} calls, success {s.success_rate:.0%}")
+with Guard("memory://") as wrap_guard:
+    wrapped = StateGraph(Ticket)
+    wrapped.add_node("triage", triage)
+    wrapped.add_node("research", research.compile())
+    wrapped.add_node("reply", guarded_node(reply, guard=wrap_guard))
+    wrapped.add_edge(START, "triage")
+    wrapped.add_edge("triage", "research")
+    wrapped.add_edge("research", "reply")
+    wrapped.add_edge("reply", END)
+    app = wrapped.compile()
+    for i in range(20):
+        app.invoke({"question": f"question {i}"}, {"configurable": {"style": "friendly"}})
+    s = wrap_guard.stats("reply")
+    print(f"6. the same node wrapped with guarded_node: {s.n} calls, success {s.success_rate:.0%}")
