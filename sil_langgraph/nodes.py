@@ -128,14 +128,14 @@ class _Node:
     def shells(self) -> tuple:
         """``(begin, end)`` for the wrapper: the common path, with every name it needs bound
         to a local (the wrapper runs on every node execution; see ``langgraph_overhead.py``)."""
-        current_config, start_call, finish = self.lg.current_config, self.guard._start_call, self.guard._finish
+        start_call, finish = self.guard._start_call, self.guard._finish
         target, default_name, names, success = self.target, self.default_name, self.names, self.success
         judged, pinned_route, settle = self.ledger.judged, self._pinned, self._settle
         views = self.guard._views
 
-        def begin() -> tuple:
-            """``(target, thread, configurable, route, token, pinned)`` of a starting execution."""
-            config = current_config()
+        def begin(config: Any) -> tuple:
+            """``(target, thread, configurable, route, token, pinned)`` of an execution starting
+            under LangGraph's ``config`` (``None`` outside a graph run)."""
             if config:
                 configurable = config.get("configurable") or _EMPTY
                 thread = configurable.get("thread_id")
@@ -144,7 +144,7 @@ class _Node:
                     pinned = pinned_route(name, thread, configurable)
                     if pinned is not None:
                         return name, thread, configurable, pinned[0], pinned[1], True
-            else:  # called outside a graph run
+            else:
                 configurable = thread = None
                 name = target or default_name
             if name not in names:
@@ -264,7 +264,7 @@ def guarded_node(fn: Callable[..., Any], *, guard: Any, target: Optional[str] = 
                     append((None, name, ts, duration, _OK, None, None, None, None,
                             node_attempt(configurable) or 1, None, None))
                     return result
-            run = begin()
+            run = begin(config)
             ts, t0 = _now(), _perf()
             try:
                 result = await fn(*args, **kwargs)
@@ -293,7 +293,7 @@ def guarded_node(fn: Callable[..., Any], *, guard: Any, target: Optional[str] = 
                     append((None, name, ts, duration, _OK, None, None, None, None,
                             node_attempt(configurable) or 1, None, None))
                     return result
-            run = begin()
+            run = begin(config)
             ts, t0 = _now(), _perf()
             try:
                 result = fn(*args, **kwargs)
