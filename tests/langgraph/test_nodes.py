@@ -562,3 +562,32 @@ def test_each_task_of_a_fan_out_keeps_its_own_pin_across_resume():
         graph.invoke(Command(resume={first.id: "yes"}), cfg)
         out = graph.invoke(Command(resume={second.id: "ok"}), cfg)
         assert sorted(out["drafts"]) == ["a:v2:yes", "b:v2:ok"]
+
+
+def test_interrupt_inside_a_subgraph_keeps_subgraph_state_and_resumes(guard):
+    def ask(state: S) -> S:
+        return {"out": interrupt("approve?")}
+
+    sb = StateGraph(S)
+    add_guarded_node(sb, "ask", ask, guard=guard)
+    sb.add_edge(START, "ask")
+    sb.add_edge("ask", END)
+    sub = sb.compile()
+
+    def host(state: S) -> S:  # a guarded node that runs the subgraph
+        return sub.invoke(state)
+
+    b = StateGraph(S)
+    add_guarded_node(b, "host", host, guard=guard)
+    b.add_edge(START, "host")
+    b.add_edge("host", END)
+    graph = b.compile(checkpointer=InMemorySaver())
+    cfg = {"configurable": {"thread_id": "sub"}}
+    graph.invoke({"x": 1}, cfg)
+    state = graph.get_state(cfg, subgraphs=True)
+    sub_states = [t.state for t in state.tasks if t.state is not None]
+    assert len(sub_states) == 1 and sub_states[0].next == ("ask",)  # the subgraph waits in "ask"
+    assert graph.invoke(Command(resume="yes"), cfg)["out"] == "yes"
+    for target in ("ask", "host"):
+        s = guard.stats(target)
+        assert (s.interrupted, s.successes, s.failures) == (1, 1, 0), target
