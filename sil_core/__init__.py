@@ -16,7 +16,7 @@ from .compat import AutoRollback, SelfImprovingLoop
 from .guard import Guard
 from .policy import RolloutPolicy
 from .rollout import Change, InvalidTransition, State
-from .strategies import Strategy
+from .strategies import Strategy, StrategyDecision
 from .trail import TrailReport, verify_trail
 from .versions import config_version
 from .notify import LoggingNotifier, Notifier, TelegramNotifier, WebhookNotifier
@@ -24,6 +24,9 @@ from .outcomes import classify_exception, register_control_flow
 from .records import CallRecord, Feedback, Outcome
 from .store import Store, default_store_url, open_store
 from .thresholds import PROFILES, AdaptiveThreshold, ThresholdProfile
+from .yijing import (
+    CORE_HEXAGRAMS, DIMENSIONS, YijingEvolutionStrategy, identify_hexagram, policy_for_hexagram, score_lines,
+)
 
 try:
     __version__ = _metadata.version("sil-guard")
@@ -31,6 +34,8 @@ except _metadata.PackageNotFoundError:  # running from a source tree that is not
     __version__ = "0+unknown"
 
 __all__ = (
+    "CORE_HEXAGRAMS",
+    "DIMENSIONS",
     "PROFILES",
     "AdaptiveThreshold",
     "AutoRollback",
@@ -57,16 +62,21 @@ __all__ = (
     "Store",
     "StoreError",
     "Strategy",
+    "StrategyDecision",
     "TelegramNotifier",
     "ThresholdProfile",
     "TrailReport",
     "Verdict",
     "WebhookNotifier",
+    "YijingEvolutionStrategy",
     "classify_exception",
     "config_version",
     "current_call",
     "default_store_url",
+    "identify_hexagram",
     "open_store",
+    "policy_for_hexagram",
     "register_control_flow",
+    "score_lines",
     "verify_trail",
 )

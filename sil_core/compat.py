@@ -186,8 +186,9 @@ class SelfImprovingLoop:
         before, triggers = begun
         row = self._latest(agent_id)
         with self._lock:  # one call reports each change and each trigger (concurrent calls: C2)
-            applied = int(row is not None and row["id"] != before and row["state"] != State.REJECTED
-                          and row["id"] not in self._announced)
+            # a change waiting for approval (a strategy's auto_apply=False) is not applied yet
+            applied = int(row is not None and row["id"] != before and row["id"] not in self._announced
+                          and row["state"] not in (State.REJECTED, State.PROPOSED))
             if applied:
                 self._announced.add(row["id"])
             total = self._triggers.get(agent_id, 0)

@@ -209,18 +209,20 @@ class Guard:
 
     # -- changes -------------------------------------------------------------------------
     def propose(self, target: str, patch: dict, *, adapter: ConfigAdapter | None = None, mode: str | None = None,
-                policy: RolloutPolicy | None = None, actor: str | None = None, approve: bool = True) -> Change:
+                policy: RolloutPolicy | None = None, actor: str | None = None, approve: bool = True,
+                metadata: dict | None = None) -> Change:
         """Roll a config patch out under guard and return the :class:`Change`.
 
         ``mode="canary"`` serves baseline and candidate side by side (read the arm's config
         from ``guard.call(...).config`` or :func:`current_call`); ``mode="switch"`` applies
         the patch globally through the adapter and compares with a frozen baseline window.
         A target has at most one change in flight: a proposal meanwhile is ``rejected``.
-        ``approve=False`` leaves it ``proposed`` until :meth:`approve`.
+        ``approve=False`` leaves it ``proposed`` until :meth:`approve`. ``metadata`` (why
+        it was proposed) goes to the trail's ``change_proposed`` event, not to the config.
         """
         self.flush()  # the baseline's evidence includes every call made before the proposal
         return self._changes.propose(target, patch, adapter=adapter, mode=mode or self.mode, policy=policy,
-                                     actor=actor, approve=approve)
+                                     actor=actor, approve=approve, metadata=metadata)
 
     def change(self, target: str) -> Change | None:
         """The target's latest change, in flight or finished, with its latest verdict."""
