@@ -23,6 +23,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/history.py
 	$(PY) benchmarks/detection.py
 	$(PY) benchmarks/langgraph_overhead.py
+	$(PY) benchmarks/hermes_hooks.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

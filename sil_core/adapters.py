@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import copy
 import hashlib
+import importlib
 import json
 import os
 import tempfile
@@ -144,10 +145,26 @@ class JsonFileConfigAdapter:
             raise
 
 
+#: adapters of other packages a spec can rebuild: kind -> "module:Class" with a
+#: ``from_spec`` classmethod, imported only when such a spec is met
+SPEC_KINDS = {"hermes_skill": "sil_hermes.skills:SkillConfigAdapter"}
+
+
 def adapter_from_spec(spec: dict[str, Any] | None) -> ConfigAdapter | None:
-    """Rebuild an adapter from its :meth:`spec` (``None`` when it cannot be rebuilt)."""
-    if spec and spec.get("kind") == "json_file":
+    """Rebuild an adapter from its :meth:`spec` (``None`` when it cannot be rebuilt here,
+    e.g. the package that owns it is not installed)."""
+    if not spec:
+        return None
+    kind = spec.get("kind")
+    if kind == "json_file":
         adapter = JsonFileConfigAdapter(spec["path"], per_target=spec.get("per_target", False), indent=spec.get("indent", 2))
         adapter.remember(spec)
         return adapter
+    if kind in SPEC_KINDS:
+        module, _, name = SPEC_KINDS[kind].partition(":")
+        try:
+            cls = getattr(importlib.import_module(module), name)
+        except ImportError:  # MissingExtra is an ImportError too
+            return None
+        return cls.from_spec(spec)
     return None

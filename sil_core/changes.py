@@ -212,7 +212,6 @@ class ChangeManager:
             raise ConfigError(f"propose({target!r}) needs an adapter= (or Guard(adapter=...))")
         policy = policy or self.guard.policy
         actor = actor or self.worker_id
-        self.adapters[target] = adapter
         now = time.time()
         head = self._head(target)
         row: dict[str, Any] = {
@@ -262,6 +261,7 @@ class ChangeManager:
         self._update_head(target, claim)
         if not won[0]:
             return self._reject(row, "another change of this target was proposed at the same moment", rev=1)
+        self.adapters[target] = adapter  # only now: a rejected proposal keeps the change in flight's adapter
         self._trail("change_proposed", target, row["id"], actor, mode=mode, patch=patch,
                     baseline_version=row["baseline_version"], candidate_version=row["candidate_version"],
                     policy=row["policy"], metadata=row["metadata"])

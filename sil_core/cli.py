@@ -123,6 +123,8 @@ def _act(store: Store, target: str, action: str) -> int:
     guard = Guard(store, worker_id="cli", flush_interval=60)
     try:
         row = guard._changes.latest_row(target)
+        if action == "approve":
+            return _approve(guard, target, row)
         if row is None or row["state"] not in ("canary", "paused", "restore_failed"):
             print(f"{target}: no change in flight")
             return 1
@@ -142,9 +144,36 @@ def _act(store: Store, target: str, action: str) -> int:
         guard.close()
 
 
+def _approve(guard, target: str, row: dict | None) -> int:
+    """Start a change that waits for approval (a switch-mode change needs its adapter)."""
+    from .adapters import adapter_from_spec
+
+    if row is None or row["state"] != "proposed":
+        print(f"{target}: no change waiting for approval")
+        return 1
+    adapter = adapter_from_spec(row.get("adapter_spec"))
+    if row["mode"] == "switch":
+        if adapter is None:
+            print(f"{target}: a switch-mode change is applied through its adapter, which cannot be rebuilt "
+                  "here; approve it where the adapter lives (guard.approve)")
+            return 1
+        guard._changes.adapters[target] = adapter
+    change = guard.approve(target, actor="cli")
+    print(f"{target}: change {change.id} approved; it is now {change.state}")
+    return 0 if change.state == "canary" else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from . import __version__
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["hermes"]:  # imported here only: sil_core never imports Hermes at import time
+        try:
+            from sil_hermes.cli import main as hermes_main
+        except ImportError as exc:  # MissingExtra names the extra to install
+            print(f"sil hermes: {exc}", file=sys.stderr)
+            return 2
+        return hermes_main(argv[1:])
     parser = argparse.ArgumentParser(prog="sil", description="sil-guard: a regression guard for AI agents")
     parser.add_argument("--version", action="version", version=f"sil {__version__}")
     store_help = f"store URL (default: $SIL_STORE or {default_store_url()})"
@@ -158,10 +187,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     show.add_argument("target", nargs="?", default=None)
     show.add_argument("--store", default=None, help=store_help)
     show.add_argument("--json", action="store_true")
-    for name, helptext in (("rollback", "roll the target's change back now"), ("promote", "promote the target's change now")):
+    for name, helptext in (("rollback", "roll the target's change back now"), ("promote", "promote the target's change now"),
+                           ("approve", "start the target's change that waits for approval")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("target")
         p.add_argument("--store", default=None, help=store_help)
+    sub.add_parser("hermes", help="Hermes skills: history SKILL, rollback SKILL [--to VERSION] "
+                   "(needs sil-guard[hermes])", add_help=False)
     for p in (status, changes):
         p.add_argument("--store", default=None, help=store_help)
         p.add_argument("--json", action="store_true", help="print JSON instead of a table")

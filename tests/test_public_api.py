@@ -39,3 +39,39 @@ def test_sil_langgraph_surface_and_lazy_framework_import():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_sil_hermes_surface_without_importing_hermes_itself():
+    """``import sil_hermes`` checks that Hermes is installed but imports none of it (Hermes'
+    ``model_tools`` takes ~0.7 s and creates ``$HERMES_HOME``); sil_core and sil_langgraph
+    never import sil_hermes."""
+    code = (
+        "import sys, sil_core, sil_langgraph;"
+        "assert 'sil_hermes' not in sys.modules;"
+        "import sil_hermes;"
+        "assert sorted(sil_hermes.__all__) == ['SkillConfigAdapter', 'SkillGuard', 'register'];"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "{'hermes_cli', 'hermes_constants', 'model_tools', 'run_agent', 'tools', 'agent'}))"
+    )
+    try:
+        import importlib.util
+
+        if importlib.util.find_spec("model_tools") is None:
+            raise ImportError
+    except ImportError:
+        import pytest
+
+        pytest.skip("hermes-agent is not installed (pip install 'sil-guard[hermes]', Python >= 3.11)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_sil_hermes_without_hermes_names_the_extra():
+    code = (
+        "import importlib.util, sys;"
+        "real = importlib.util.find_spec;"
+        "importlib.util.find_spec = lambda name, *a: None if name in ('model_tools', 'hermes_constants') else real(name, *a);"
+        "\ntry:\n import sil_hermes\nexcept ImportError as exc:\n print(type(exc).__name__, exc)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("MissingExtra") and "sil-guard[hermes]" in out.stdout

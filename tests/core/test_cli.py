@@ -82,3 +82,44 @@ def test_cli_promote_without_an_adapter_is_a_request(tmp_path, capsys):
     assert g.change("agent").state == "promoted" and adapter.configs["agent"] == {"prompt": "v2"}
     assert any(e["type"] == "promoted" and e["actor"] == "cli" for e in g.trail("agent"))
     g.close()
+
+
+def test_cli_approve_starts_a_change_waiting_for_approval(tmp_path, capsys):
+    from sil_core import DictConfigAdapter, JsonFileConfigAdapter
+
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    path = tmp_path / "cfg.json"
+    path.write_text('{"prompt": "good"}\n')
+    with Guard(url, adapter=DictConfigAdapter({"canary-agent": {"prompt": "v1"}})) as g:
+        g.propose("canary-agent", {"prompt": "v2"}, approve=False)
+        g.propose("file-agent", {"prompt": "v2"}, adapter=JsonFileConfigAdapter(path), mode="switch", approve=False)
+        g.propose("dict-agent", {"prompt": "v2"}, mode="switch", approve=False)
+    assert main(["approve", "canary-agent", "--store", url]) == 0
+    assert "now canary" in capsys.readouterr().out
+    assert main(["approve", "file-agent", "--store", url]) == 0  # the JSON-file adapter is rebuilt here
+    assert '"v2"' in path.read_text()
+    assert main(["approve", "dict-agent", "--store", url]) == 1  # its adapter lives in a worker only
+    assert "guard.approve" in capsys.readouterr().out
+    assert main(["approve", "canary-agent", "--store", url]) == 1  # nothing waits any more
+    with Guard(url) as g:
+        assert [g.change(t).state for t in ("canary-agent", "file-agent", "dict-agent")] == \
+            ["canary", "canary", "proposed"]
+        assert any(e["type"] == "change_applied" and e["actor"] == "cli" for e in g.trail("canary-agent"))
+
+
+def test_a_rejected_proposal_keeps_the_adapter_of_the_change_in_flight():
+    from sil_core import DictConfigAdapter
+
+    first, second = DictConfigAdapter({"agent": {"prompt": "v1"}}), DictConfigAdapter({"agent": {"prompt": "x"}})
+    with Guard("memory://", flush_interval=60) as g:
+        g.propose("agent", {"prompt": "v2"}, adapter=first, mode="switch")
+        assert g.propose("agent", {"prompt": "v3"}, adapter=second).state == "rejected"
+        assert g.rollback("agent")
+    assert first.configs["agent"] == {"prompt": "v1"}  # restored through the change's own adapter
+    assert second.configs["agent"] == {"prompt": "x"}
+
+
+def test_sil_hermes_fails_cleanly_when_sil_hermes_cannot_be_imported(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "sil_hermes.cli", None)  # as if it could not be imported
+    assert main(["hermes", "history", "some-skill"]) == 2
+    assert "sil hermes" in capsys.readouterr().err

@@ -1,0 +1,137 @@
+"""A skill's ``skills.config.*`` keys in Hermes' ``config.yaml``: read, and written back
+byte for byte when the file is otherwise unchanged.
+
+Values are read raw (no defaults, no ``~`` expansion): a key that is not set is absent
+from the dict. A write first looks for bytes of ``config.yaml`` seen earlier that parse
+to exactly the wanted document and writes those (comments and layout included); failing
+that it edits only the skill's keys with ruamel's round-trip mode (comments kept).
+"""
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Iterable, List
+
+__all__ = ("declared_keys", "parse_yaml", "read_keys", "write_keys")
+
+PREFIX = ("skills", "config")
+
+
+def parse_yaml(raw: bytes) -> Any:
+    import yaml
+
+    return yaml.safe_load(raw.decode("utf-8")) if raw.strip() else {}
+
+
+def declared_keys(skill_md: str) -> List[str]:
+    """The keys a SKILL.md declares under ``metadata.hermes.config``."""
+    if not skill_md.startswith("---"):
+        return []
+    end = skill_md.find("\n---", 3)
+    if end < 0:
+        return []
+    try:
+        front = parse_yaml(skill_md[3:end].encode("utf-8")) or {}
+    except Exception:
+        return []
+    config = ((front.get("metadata") or {}).get("hermes") or {}).get("config") if isinstance(front, dict) else None
+    return [str(v["key"]) for v in config or () if isinstance(v, dict) and v.get("key")]
+
+
+def _get(doc: Any, parts: Iterable[str]) -> Any:
+    for part in parts:
+        if not isinstance(doc, dict) or part not in doc:
+            return _MISSING
+        doc = doc[part]
+    return doc
+
+
+_MISSING = object()
+
+
+def read_keys(doc: Any, keys: Iterable[str]) -> Dict[str, Any]:
+    """``{key: value}`` of the keys set under ``skills.config`` in a parsed config."""
+    out = {}
+    for key in keys:
+        value = _get(doc, (*PREFIX, *key.split(".")))
+        if value is not _MISSING:
+            out[key] = value
+    return out
+
+
+def _apply(doc: Any, values: Dict[str, Any], remove: Iterable[str]) -> Any:
+    """Set ``values`` and delete ``remove`` under ``skills.config`` of a (ruamel or plain) doc."""
+    for key in remove:
+        parts = (*PREFIX, *key.split("."))
+        parent = _get(doc, parts[:-1])
+        if isinstance(parent, dict) and parts[-1] in parent:
+            del parent[parts[-1]]
+    for key, value in values.items():
+        node = doc
+        parts = (*PREFIX, *key.split("."))
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = value
+    return doc
+
+
+def write_keys(path: Path, values: Dict[str, Any], remove: Iterable[str], seen: Dict[str, bytes]) -> bool:
+    """Make ``skills.config`` hold ``values`` and not ``remove``; ``True`` if the file changed.
+
+    ``seen`` maps SHA-256 digests to earlier bytes of the file (tried first, for a byte-exact restore)."""
+    remove = [k for k in remove if k not in values]
+    raw = path.read_bytes() if path.exists() else b""
+    current = parse_yaml(raw) or {}
+    if read_keys(current, values) == values and not read_keys(current, remove):
+        return False
+    import copy
+
+    wanted = _apply(copy.deepcopy(current), values, remove)
+    data = None
+    for old in reversed(list(seen.values())):
+        try:
+            if parse_yaml(old) == wanted:
+                data = old
+                break
+        except Exception:
+            continue
+    if data is None:
+        data = _round_trip(raw, values, remove)
+    _atomic_write(path, data)
+    return True
+
+
+def _round_trip(raw: bytes, values: Dict[str, Any], remove: Iterable[str]) -> bytes:
+    import io
+
+    from ruamel.yaml import YAML
+
+    yaml = YAML()  # round-trip: comments and key order survive
+    doc = yaml.load(raw.decode("utf-8")) if raw.strip() else None
+    if doc is None:
+        doc = {}
+    _apply(doc, values, remove)
+    out = io.StringIO()
+    yaml.dump(doc, out)
+    return out.getvalue().encode("utf-8")
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def digest(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()

@@ -1,0 +1,116 @@
+"""``sil hermes history SKILL`` and ``sil hermes rollback SKILL [--to VERSION]``.
+
+The store defaults to ``$SIL_STORE``, else the plugin's ``$HERMES_HOME/sil/sil.db``.
+"""
+
+import argparse
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from . import _compat
+from .skills import SkillConfigAdapter, target_for
+
+__all__ = ("main",)
+
+_IN_FLIGHT = ("proposed", "canary", "paused", "restore_failed")
+
+
+def _default_store(home: Path) -> str:
+    return os.environ.get("SIL_STORE") or f"sqlite:///{home / 'sil' / 'sil.db'}"
+
+
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _changes(store, target: str) -> List[dict]:
+    return sorted((row for _, row, _ in store.kv_list("change") if row.get("target") == target),
+                  key=lambda r: r["created"])
+
+
+def history(store, skill: str) -> List[tuple]:
+    """``(version, created, writer, status)`` rows of a skill, oldest first."""
+    from sil_core.versions import list_versions
+
+    target = target_for(skill)
+    head = (store.kv_get("head", target) or ({}, 0))[0]
+    writers = {}
+    for _, edit, _ in store.kv_list("hermes_edit"):
+        if edit.get("skill") == skill:
+            writers[edit["after"]] = edit.get("writer")
+    quarantined = {r["candidate_version"] for r in _changes(store, target) if r["state"] == "rolled_back"}
+    rows = []
+    for v in list_versions(store, target):
+        status = "active" if v["version"] == head.get("active") else \
+            "quarantined" if v["version"] in quarantined else ""
+        rows.append((v["version"], _when(v["created"]), writers.get(v["version"], "-"), status))
+    return rows
+
+
+def rollback(store, skill: str, adapter: SkillConfigAdapter, to: Optional[str] = None) -> str:
+    """Roll the skill's change in flight back, or restore version ``to`` (default: the
+    version before the latest change); returns what was done."""
+    from sil_core import Guard
+
+    target = target_for(skill)
+    changes = _changes(store, target)
+    latest = changes[-1] if changes else None
+    if latest and latest.get("adapter_spec"):
+        adapter.remember(latest["adapter_spec"])
+    guard = Guard(store, adapter=adapter, worker_id="cli:hermes", flush_interval=60)
+    try:
+        done = []
+        if latest is not None and latest["state"] in _IN_FLIGHT:
+            if not guard.rollback(target, actor="cli:hermes"):
+                return f"{skill}: rollback of change {latest['id']} not done (another worker holds it)"
+            done.append(f"rolled back change {latest['id']} to {latest['baseline_version']}")
+            if to is None or to == latest["baseline_version"]:
+                return f"{skill}: " + "; ".join(done)
+        version = to or (latest["baseline_version"] if latest else None)
+        if not version:
+            return f"{skill}: nothing to roll back (no recorded change)"
+        guard.pin(target, version, adapter=adapter, actor="cli:hermes")
+        done.append(f"restored {version}")
+        return f"{skill}: " + "; ".join(done)
+    finally:
+        guard.close()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``sil hermes ...``."""
+    parser = argparse.ArgumentParser(prog="sil hermes", description="Hermes skills under guard")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, helptext in (("history", "every version of a skill"), ("rollback", "restore a skill version")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("skill")
+        p.add_argument("--store", default=None, help="store URL (default: $SIL_STORE or $HERMES_HOME/sil/sil.db)")
+        p.add_argument("--hermes-home", default=None, help="Hermes' home (default: $HERMES_HOME or ~/.hermes)")
+        if name == "rollback":
+            p.add_argument("--to", default=None, metavar="VERSION", help="the version to restore")
+    args = parser.parse_args(argv)
+    _compat.require()
+    from sil_core.store import open_store
+
+    adapter = SkillConfigAdapter(args.hermes_home)
+    store = open_store(args.store or _default_store(adapter.home))
+    try:
+        if args.command == "history":
+            rows = history(store, args.skill)
+            if not rows:
+                print(f"{args.skill}: no versions recorded")
+                return 0
+            table = [("version", "created (UTC)", "writer", "status")] + rows
+            widths = [max(len(str(r[i])) for r in table) for i in range(4)]
+            for r in table:
+                print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+            return 0
+        try:
+            print(rollback(store, args.skill, adapter, args.to))
+        except Exception as exc:  # a bad --to, a change that cannot be restored: say so, exit 1
+            print(f"{args.skill}: rollback failed: {exc}")
+            return 1
+        return 0
+    finally:
+        store.close()

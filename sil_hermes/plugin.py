@@ -1,0 +1,110 @@
+"""The Hermes plugin (entry point ``hermes_agent.plugins``: ``sil = sil_hermes.plugin``).
+
+``register(ctx)`` wires four hooks. Each accepts ``**kwargs``, never raises (an error is
+reported through :mod:`sil_core._internal.failopen` and the tool call goes on), is
+thread-safe and queues its bookkeeping to a background worker:
+
+* ``pre_tool_call``: snapshots a skill before a ``skill_manage`` write lands; blocks a
+  ``skill_view`` of a quarantined (rolled-back) version with a message to the model.
+* ``post_tool_call``: records skill loads (status, duration), turns a ``skill_manage``
+  write into a guarded change (writer: foreground or background review), counts tool
+  errors of the turn.
+* ``pre_llm_call``: counts slash-command skill invocations as loads.
+* ``on_session_end``: closes the turn and records its outcome against every skill
+  version it loaded.
+"""
+
+from typing import Any, Optional
+
+from sil_core._internal.failopen import report
+
+from ._runtime import runtime
+from .skills import skill_of
+
+__all__ = ("drain", "on_session_end", "post_tool_call", "pre_llm_call", "pre_tool_call", "register")
+
+_SKILL_TOOLS = ("skill_view", "skill_manage")
+
+
+def pre_tool_call(tool_name: str = "", args: Any = None, tool_call_id: Optional[str] = None, **_: Any) -> Optional[dict]:
+    """Snapshot before ``skill_manage``; block a quarantined skill version."""
+    if tool_name not in _SKILL_TOOLS:
+        return None
+    try:
+        rt = runtime()
+        name = _skill_arg(args)
+        if not name:
+            return None
+        if tool_name == "skill_view":
+            reason = rt.block_reason(name)
+            if reason is not None:
+                return {"action": "block", "message": (
+                    f"sil-guard: skill '{name}' (version {rt.current.get(name)}) is quarantined because it "
+                    f"regressed ({reason}). Do not load or follow it; carry on without this skill.")}
+            return None
+        rt.snapshot(tool_call_id, name)
+    except Exception as exc:
+        report("hermes.pre_tool_call", exc)
+    return None
+
+
+def post_tool_call(tool_name: str = "", args: Any = None, status: str = "", duration_ms: Any = 0,
+                   session_id: Optional[str] = None, tool_call_id: Optional[str] = None,
+                   error_message: Optional[str] = None, **_: Any) -> None:
+    """Record a skill load, a skill write, or a tool error of the turn."""
+    try:
+        rt = runtime()
+        if tool_name == "skill_manage":
+            name = _skill_arg(args)
+            if name:
+                rt.edited(tool_call_id, name, status, str((args or {}).get("action") or ""), session_id)
+        elif tool_name == "skill_view" and status == "ok" and not (args or {}).get("file_path"):
+            name = _skill_arg(args)
+            if name:
+                rt.loaded(session_id, name, "skill_view", int(duration_ms or 0))
+                return
+        elif tool_name == "skill_view" and status == "blocked":
+            name = _skill_arg(args)
+            if name and rt.block_reason(name) is not None:
+                rt.blocked_load(session_id, name)
+        if status == "error":
+            rt.tool_error(session_id, tool_name, error_message)
+    except Exception as exc:
+        report("hermes.post_tool_call", exc)
+
+
+def pre_llm_call(user_message: Any = None, session_id: Optional[str] = None, **_: Any) -> None:
+    """Count the skills a ``/skill`` slash command loaded into this turn."""
+    try:
+        if isinstance(user_message, str) and ('invoked the "' in user_message[:300]
+                                              or "[Loaded as part of the " in user_message):
+            runtime().slash_loads(session_id, user_message)
+    except Exception as exc:
+        report("hermes.pre_llm_call", exc)
+    return None
+
+
+def on_session_end(session_id: Optional[str] = None, completed: Any = None, interrupted: Any = None,
+                   **_: Any) -> None:
+    """Close the turn: its outcome goes to every skill version it loaded."""
+    try:
+        runtime().end(session_id, completed, interrupted)
+    except Exception as exc:
+        report("hermes.on_session_end", exc)
+
+
+def register(ctx: Any) -> None:
+    """Hermes' plugin entry point: register the hooks."""
+    for name, fn in (("pre_tool_call", pre_tool_call), ("post_tool_call", post_tool_call),
+                     ("pre_llm_call", pre_llm_call), ("on_session_end", on_session_end)):
+        ctx.register_hook(name, fn)
+
+
+def drain(timeout: Optional[float] = 10.0) -> bool:
+    """Wait until the plugin's queued bookkeeping is done (tests, scripts, shutdown)."""
+    return runtime().drain(timeout)
+
+
+def _skill_arg(args: Any) -> str:
+    name = args.get("name") if isinstance(args, dict) else None
+    return skill_of(str(name)) if name else ""

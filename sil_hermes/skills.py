@@ -1,0 +1,167 @@
+"""``SkillConfigAdapter``: one Hermes skill as a guarded config, versioned and restorable.
+
+A skill's config is ``{"files": {path: text}, "config": {key: value}}``: every file of
+its folder (SKILL.md and supporting files) plus the ``skills.config.*`` keys its
+SKILL.md declares, as set in ``config.yaml``. Its version is the content hash of that
+dict (:func:`sil_core.config_version`); versions live in the guard's store, outside the
+skills folder. A restore swaps the folder in atomically, writes the config keys back
+(byte for byte when the rest of ``config.yaml`` did not change) and clears Hermes' skill
+prompt caches.
+"""
+
+import base64
+import copy
+import os
+import threading
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+from sil_core.adapters import merge_patch
+
+from . import _compat
+from ._configkeys import declared_keys, digest, parse_yaml, read_keys, write_keys
+from ._skillfiles import find_skill_dir, read_files, replace_dir
+
+__all__ = ("SkillConfigAdapter", "skill_of", "target_for")
+
+_TARGET_PREFIX = "hermes:"
+_KEEP_RAW = 8
+
+
+def target_for(skill: str) -> str:
+    """The guard target of a skill: ``hermes:<name>``."""
+    return skill if skill.startswith(_TARGET_PREFIX) else _TARGET_PREFIX + skill
+
+
+def skill_of(target: str) -> str:
+    """The skill name of a target (or of a tool argument like ``category/name``)."""
+    name = target[len(_TARGET_PREFIX):] if target.startswith(_TARGET_PREFIX) else target
+    return name.rstrip("/").rsplit("/", 1)[-1]
+
+
+class SkillConfigAdapter:
+    """The ``ConfigAdapter`` contract for Hermes skills (``agent_id`` is a skill name or
+    its ``hermes:<name>`` target).
+
+    Args:
+        hermes_home: Hermes' home folder; by default the one Hermes resolves at each call
+            (``$HERMES_HOME`` or ``~/.hermes``).
+    """
+
+    def __init__(self, hermes_home: Optional[Union[str, os.PathLike]] = None) -> None:
+        self._home = Path(hermes_home) if hermes_home is not None else None
+        self._raw: Dict[str, bytes] = {}  # digest -> bytes of config.yaml seen, oldest first
+        self._lock = threading.RLock()
+
+    @property
+    def home(self) -> Path:
+        """The Hermes home this adapter works in."""
+        return self._home if self._home is not None else _compat.hermes_home()
+
+    def skill_dir(self, agent_id: str) -> Path:
+        """Where the skill's folder is (or would be created)."""
+        skills = self.home / "skills"
+        name = skill_of(agent_id)
+        return find_skill_dir(skills, name) or skills / name
+
+    def get_config(self, agent_id: str) -> dict:
+        """The skill's files and config keys as they are on disk now."""
+        folder = find_skill_dir(self.home / "skills", skill_of(agent_id))
+        files = read_files(folder)
+        raw = self._read_yaml()
+        keys = declared_keys(files.get("SKILL.md", "")) if isinstance(files.get("SKILL.md"), str) else []
+        return {"files": files, "config": read_keys(parse_yaml(raw) or {}, keys) if keys else {}}
+
+    def apply_config(self, agent_id: str, config_patch: dict) -> bool:
+        """Write the skill patched with ``config_patch`` (a shallow update of its dict)."""
+        with self._lock:
+            self._write(agent_id, merge_patch(self.get_config(agent_id), config_patch))
+        return True
+
+    def rollback_config(self, agent_id: str, backup_config: dict) -> None:
+        """Restore exactly ``backup_config``: folder, config keys, and Hermes' caches."""
+        with self._lock:
+            self._write(agent_id, backup_config)
+
+    def spec(self) -> Dict[str, Any]:
+        """How to rebuild this adapter in another process (``sil hermes rollback``),
+        with the latest bytes of ``config.yaml`` it saw, for byte-exact restores."""
+        with self._lock:
+            recent = list(self._raw.values())[-4:]
+        return {"kind": "hermes_skill", "hermes_home": str(self.home),
+                "raw": [base64.b64encode(r).decode("ascii") for r in recent]}
+
+    def remember(self, spec: Dict[str, Any]) -> None:
+        """Learn the ``config.yaml`` bytes another instance's :meth:`spec` carries."""
+        with self._lock:
+            for item in spec.get("raw") or ():
+                raw = base64.b64decode(item)
+                self._raw.setdefault(digest(raw), raw)
+
+    @classmethod
+    def from_spec(cls, spec: Dict[str, Any]) -> "SkillConfigAdapter":
+        """Rebuild an adapter from :meth:`spec`."""
+        adapter = cls(spec.get("hermes_home"))
+        adapter.remember(spec)
+        return adapter
+
+    # -- internals -------------------------------------------------------------------------
+    def _read_yaml(self) -> bytes:
+        path = self.home / "config.yaml"
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return b""
+        with self._lock:
+            key = digest(raw)
+            self._raw.pop(key, None)
+            self._raw[key] = raw  # most recent last
+            while len(self._raw) > _KEEP_RAW:
+                self._raw.pop(next(iter(self._raw)))
+        return raw
+
+    def _write(self, agent_id: str, config: dict) -> None:
+        current = self.get_config(agent_id)
+        files = config.get("files") or {}
+        if files != current["files"]:
+            replace_dir(self.skill_dir(agent_id), copy.deepcopy(files), self.home / "sil" / "staging")
+        wanted = dict(config.get("config") or {})
+        stale = set(current["config"]) - set(wanted)
+        if wanted != current["config"]:
+            with self._lock:
+                seen = dict(self._raw)
+            write_keys(self.home / "config.yaml", wanted, stale, seen)
+        _compat.clear_skill_caches(self.home)
+
+
+class EditedSkill:
+    """The adapter of a change Hermes already made: its first ``get_config`` returns the
+    snapshot taken before the write (the baseline), later calls read the disk; its first
+    ``apply_config`` writes nothing (Hermes wrote the edit: writing it again from a queued
+    event could undo whatever happened on disk since)."""
+
+    def __init__(self, adapter: SkillConfigAdapter, before: dict) -> None:
+        self.adapter = adapter
+        self._before: Optional[dict] = before
+        self._applied = False
+
+    def get_config(self, agent_id: str) -> dict:
+        before, self._before = self._before, None
+        return copy.deepcopy(before) if before is not None else self.adapter.get_config(agent_id)
+
+    def apply_config(self, agent_id: str, config_patch: dict) -> bool:
+        self._before = None  # after a write through the adapter, the disk is the truth
+        if not self._applied:
+            self._applied = True
+            return True
+        return self.adapter.apply_config(agent_id, config_patch)
+
+    def rollback_config(self, agent_id: str, backup_config: dict) -> None:
+        self._before = None
+        self.adapter.rollback_config(agent_id, backup_config)
+
+    def spec(self) -> Dict[str, Any]:
+        return self.adapter.spec()
+
+    def remember(self, spec: Dict[str, Any]) -> None:
+        self.adapter.remember(spec)
