@@ -23,7 +23,7 @@ def agent_factory(fake):
                            max_iterations=6, tool_delay=0.0)
 
 
-def run_story(home, guard, *, v2_fails: bool, v1_calls: int, v2_calls: int):
+def run_story(home, guard, *, v2_fails: bool, v1_calls: int, v2_calls: int, delay_s: float = 0.25):
     from model_tools import handle_function_call
     from sil_hermes import SkillConfigAdapter, SkillGuard
     from sil_hermes.plugin import drain
@@ -41,7 +41,7 @@ def run_story(home, guard, *, v2_fails: bool, v1_calls: int, v2_calls: int):
         assert change is not None and change.state == "canary"
         phase["v2"] = True
         if not v2_fails:
-            fake.delay_s = 0.25
+            fake.delay_s = delay_s
         for _ in range(v2_calls):
             skills.call("demo-skill", "what is the demo?", agent_factory=make)
             guard.drain()
@@ -75,7 +75,11 @@ def test_v2_fails_and_is_rolled_back(home, guard):
 
 
 def test_v2_gets_slower_and_is_rolled_back(home, guard):
-    change = run_story(home, guard, v2_fails=False, v1_calls=5, v2_calls=8)
+    # a turn takes 0.4-0.7 s here (the first one ~2 s); v2 adds 0.5 s to each of its two
+    # model calls. The latency test's confidence sequence is tuned for ~8 calls per arm
+    # (cs_tuning_n), as a deployment expecting few, slow calls would tune it.
+    guard.policy = guard.policy.override(cs_tuning_n=8)
+    change = run_story(home, guard, v2_fails=False, v1_calls=8, v2_calls=16, delay_s=0.5)
     assert change.state == "rolled_back"
     assert "latency" in (change.reason or "") or "slow" in (change.reason or "")
     assert guard.stats(TARGET, version=change.candidate_version).failures == 0
