@@ -20,10 +20,11 @@ import hashlib
 import importlib
 import json
 import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
+
+from ._internal.files import atomic_write
 
 __all__ = ("ConfigAdapter", "DictConfigAdapter", "JsonFileConfigAdapter", "merge_patch")
 
@@ -131,18 +132,7 @@ class JsonFileConfigAdapter:
                 self._raw.setdefault((file, digest), base64.b64decode(raw))
 
     def _write(self, agent_id: str, data: bytes) -> None:
-        file = self.file_for(agent_id)
-        file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, file)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(self.file_for(agent_id), data)
 
 
 #: adapters of other packages a spec can rebuild: kind -> "module:Class" with a

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import threading
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
 from ._internal.failopen import report
+from ._internal.files import atomic_write
 
 __all__ = ("AdaptiveThreshold", "PROFILES", "ThresholdProfile")
 
@@ -178,17 +178,7 @@ class AdaptiveThreshold:
     def _save_unlocked(self) -> None:
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".thresholds-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self._manual, f, indent=2, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(self.path, json.dumps(self._manual, indent=2, sort_keys=True).encode("utf-8"))
         st = self.path.stat()
         self._stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
 

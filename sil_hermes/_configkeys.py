@@ -8,10 +8,10 @@ that it edits only the skill's keys with ruamel's round-trip mode (comments kept
 """
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterable, List
+
+from sil_core._internal.files import atomic_write
 
 __all__ = ("declared_keys", "parse_yaml", "read_keys", "write_keys")
 
@@ -100,7 +100,7 @@ def write_keys(path: Path, values: Dict[str, Any], remove: Iterable[str], seen: 
             continue
     if data is None:
         data = _round_trip(raw, values, remove)
-    _atomic_write(path, data)
+    atomic_write(path, data)
     return True
 
 
@@ -117,20 +117,6 @@ def _round_trip(raw: bytes, values: Dict[str, Any], remove: Iterable[str]) -> by
     out = io.StringIO()
     yaml.dump(doc, out)
     return out.getvalue().encode("utf-8")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def digest(raw: bytes) -> str:
