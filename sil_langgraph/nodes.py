@@ -24,7 +24,8 @@ Outcomes (``langgraph.md`` §3):
 
 Pinning (``langgraph.md`` §5.7, "approved v1, got v2"): a node interrupted while serving a
 version writes a pin ``{version, arm}`` to the guard's store (kind ``"pin"``, key
-``"<target>|<thread id>"``). When LangGraph resumes the thread, the re-executed node is
+``"<target>|<thread id>|<task id>"``; the task id, stable across resume, is left out
+before langgraph 1.1.3). When LangGraph resumes the thread, the re-executed node is
 served the pinned version's config instead of being routed again, even if the change was
 promoted or rolled back meanwhile; the pin is cleared when that execution ends for good.
 The store is read only on resumed runs, so the common path does no I/O.
