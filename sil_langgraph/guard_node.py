@@ -87,7 +87,7 @@ class GuardNode:
         try:
             view = self.guard._changes.view(self.target)
             if view.state == State.ROLLED_BACK and view.candidate is not None:
-                served = self._served_version(self._thread())
+                served = self._served_version(self._thread(), view)
                 if served == view.candidate:
                     return FALLBACK
         except Exception as exc:
@@ -108,16 +108,15 @@ class GuardNode:
         except Exception:
             return None
 
-    def _served_version(self, thread: Any) -> Optional[str]:
-        """The version that served ``thread``'s last call of the target: from this process's
-        ledger, else (the call ran in another worker) from the routing every worker shares;
-        after a canary's rollback, the arm the thread's key had at the change's last weight."""
+    def _served_version(self, thread: Any, view: Any) -> Optional[str]:
+        """The version that served ``thread``'s last call of the target (``view``: the
+        target's rolled-back change): from this process's ledger, else (the call ran in
+        another worker) the arm the thread's key had at the canary's last weight."""
         with self._ledger.lock:
             entry = self._ledger.served.get((self.target, thread))
         if entry is not None:
             return entry[0]
-        view = self.guard._changes.view(self.target)
-        if view.state == State.ROLLED_BACK and view.mode == "canary" and thread is not None:
+        if view.mode == "canary" and thread is not None:
             return view.candidate if bucket(view.change_id, thread) < view.weight else view.baseline
         return self.guard.route(self.target, key=thread)[0]
 

@@ -132,7 +132,6 @@ class _Node:
         start_call, finish = self.guard._start_call, self.guard._finish
         target, default_name, names, success = self.target, self.default_name, self.names, self.success
         judged, pinned_route, settle = self.ledger.judged, self._pinned, self._settle
-        views = self.guard._views
 
         def begin(config: Any) -> tuple:
             """``(target, thread, configurable, route, token, pinned)`` of an execution starting
@@ -150,9 +149,6 @@ class _Node:
                 name = target or default_name
             if name not in names:
                 self._register(name, config)
-            view = views.get(name)
-            if view is not None and view.unversioned and _mono() <= view.expires:
-                return name, thread, configurable, None, None, False  # no version: nothing to route
             route, token = start_call(name, thread)
             return name, thread, configurable, route, token, False
 
