@@ -144,7 +144,7 @@ def disk_mb(path: Path) -> float:
 def open_stores(names: list[str], tmp: Path, pg_url: str, notes: list[str], cleanups: list) -> dict[str, Store]:
     stores: dict[str, Store] = {}
     urls = {
-        "sqlite": f"sqlite:///{tmp / 'sqlite' / 'sil.db'}",
+        "sqlite": f"sqlite:///{tmp / 'sqlite.db'}",
         "jsonl": f"jsonl:///{tmp / 'jsonl'}",
         "memory": "memory://",
     }

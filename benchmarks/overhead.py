@@ -143,8 +143,8 @@ def open_subjects(tmp: Path, pg_url: str, only: set[str] | None, notes: list[str
     factories: dict[str, Callable[[], Subject]] = {
         "sil-memory": lambda: guard_subject("sil-memory", "memory://"),
         "sil-jsonl": lambda: guard_subject("sil-jsonl", f"jsonl:///{tmp / 'jsonl'}"),
-        "sil-sqlite": lambda: guard_subject("sil-sqlite", f"sqlite:///{tmp / 'sqlite' / 'sil.db'}"),
-        "sil-sqlite-canary": lambda: guard_subject("sil-sqlite-canary", f"sqlite:///{tmp / 'canary' / 'sil.db'}",
+        "sil-sqlite": lambda: guard_subject("sil-sqlite", f"sqlite:///{tmp / 'sqlite.db'}"),
+        "sil-sqlite-canary": lambda: guard_subject("sil-sqlite-canary", f"sqlite:///{tmp / 'canary.db'}",
                                                    canary=True),
         "seed-0.1.3": lambda: seed_subject(tmp / "seed"),
     }

@@ -36,6 +36,7 @@ FIELDS = (
     "successes", "failures",
     "lat_n", "lat_sum", "lat_sumsq",
     "score_n", "score_sum", "score_sumsq",
+    "n_retried",
 )
 _OUTCOME_FIELD = {
     Outcome.OK: "n_ok", Outcome.ERROR: "n_error", Outcome.INTERRUPTED: "n_interrupted",
@@ -62,6 +63,9 @@ class Cell:
     score_n: int = 0
     score_sum: float = 0.0
     score_sumsq: float = 0.0
+    #: attempts a framework ran again (``Outcome.RETRIED``), also counted in ``n_error``;
+    #: added in storage format 2, so cells written before hold 0
+    n_retried: int = 0
     hist: dict[int, int] = field(default_factory=dict)
 
     def add(self, other: "Cell", sign: int = 1) -> "Cell":
@@ -112,6 +116,8 @@ def add_record(cell: Cell, record: CallRecord) -> None:
     cell.n += 1
     field_name = _OUTCOME_FIELD.get(record.outcome, "n_error")
     setattr(cell, field_name, getattr(cell, field_name) + 1)
+    if record.outcome == Outcome.RETRIED:
+        cell.n_retried += 1
     success = record.success
     if success is True:
         cell.successes += 1
@@ -211,6 +217,8 @@ class Stats:
     #: attempts that ended in an error, final or retried (the attempt error rate is
     #: ``attempt_errors / n``; ``failures`` counts final outcomes only)
     attempt_errors: int = 0
+    #: failed attempts that the framework ran again (``Outcome.RETRIED``)
+    retried: int = 0
 
     @classmethod
     def from_cell(cls, target: str, cell: Cell) -> "Stats":
@@ -231,6 +239,7 @@ class Stats:
             score_mean=cell.score_sum / cell.score_n if cell.score_n else None,
             score_n=cell.score_n,
             attempt_errors=cell.n_error,
+            retried=cell.n_retried,
         )
 
 

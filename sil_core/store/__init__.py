@@ -10,27 +10,31 @@ URL                           backend
 ============================  ==============================================================
 
 Paths follow SQLAlchemy URLs: three slashes for a relative path, four for an absolute one.
+A JSONL URL may name its file and line format: ``jsonl:///data?name=traces.jsonl`` reads a
+``self-improving-loop`` trace file in place.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from ..errors import ConfigError
+from ._paths import default_data_dir
 from .base import Store
 from .memory import MemoryStore
 
 __all__ = ("DEFAULT_STORE_PATH", "Store", "MemoryStore", "default_store_url", "open_store")
 
-#: where the embedded default store lives unless ``SIL_STORE`` says otherwise
-DEFAULT_STORE_PATH = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "sil-guard" / "sil.db"
+#: where the embedded default store lives unless ``SIL_STORE`` says otherwise (read at
+#: import; :func:`default_store_url` reads ``XDG_DATA_HOME`` again on every call)
+DEFAULT_STORE_PATH = default_data_dir() / "sil.db"
 
 
 def default_store_url() -> str:
-    """``$SIL_STORE`` if set, else the embedded SQLite file at :data:`DEFAULT_STORE_PATH`."""
-    return os.environ.get("SIL_STORE") or f"sqlite:///{DEFAULT_STORE_PATH}"
+    """``$SIL_STORE`` if set, else the embedded SQLite file ``$XDG_DATA_HOME/sil-guard/sil.db``."""
+    return os.environ.get("SIL_STORE") or f"sqlite:///{default_data_dir() / 'sil.db'}"
 
 
 def _path(url: str, scheme: str) -> str:
@@ -52,7 +56,13 @@ def open_store(url: str | None = None, **options: Any) -> Store:
     if scheme == "jsonl":
         from .jsonl import JsonlStore
 
-        return JsonlStore(_path(url, "jsonl"), **options)
+        path, _, query = url.partition("?")
+        for item in filter(None, query.split("&")):  # jsonl:///dir?name=traces.jsonl&dialect=seed
+            key, _, value = item.partition("=")
+            if key not in ("name", "dialect"):
+                raise ConfigError(f"{url!r}: unknown option {key!r} (jsonl URLs take name= and dialect=)")
+            options.setdefault(key, unquote(value))
+        return JsonlStore(_path(path, "jsonl"), **options)
     if scheme == "sqlite":
         from .sqlite import SqliteStore
 

@@ -14,6 +14,19 @@ surrogate is written as a ``\\udXXX`` escape) holds two kinds of line:
   Readers fold it into the newest earlier record line with that id (``null`` leaves a
   field unchanged), so nothing is ever rewritten in place.
 
+* a **seed line** is a trace of ``self-improving-loop`` 0.1.x, the seed: an object with
+  ``agent_id`` and no ``target`` (``{"agent_id", "task", "success", "duration_sec",
+  "error", "context", "timestamp", ...}``, whatever keys its writer gave). It reads as a
+  record (:func:`seed_record`): target = ``agent_id``, ts from ``timestamp`` (or the
+  legacy ``start_time``; naive means local time, as the seed wrote it), duration from
+  ``duration_sec``, outcome ``ok``/``error`` from ``success``, error message from
+  ``error``, and the context is the whole trace, so :func:`seed_view` gives it back
+  unchanged. Its id is ``seed:line:`` plus a hash of the line's bytes (the N-th identical
+  line gets ``~N`` appended), stable across reads. A store of the **seed dialect**
+  (``JsonlStore(dialect="seed")``) writes every record as a seed line: a seed trace as it
+  came, any other call as a seed trace plus a ``"_sil"`` object with the fields the seed
+  has no key for (``id``, ``ts``, ``outcome``, ``version``, ...), which reading restores.
+
 Blank lines are ignored. Any other line that does not parse (a crash's torn tail, a bad
 hand edit) is corrupt: skipped and counted, never raised. A last line without its final
 newline is a torn write and counts as corrupt.
@@ -31,7 +44,9 @@ rows older than the store's ``cell_retention_hours`` are pruned on write; all-ti
 are never removed.
 
 Rotated files are ``archives/calls-<UTC %Y%m%dT%H%M%S%fZ>[-N].jsonl``, renamed from
-``calls.jsonl`` as they are and then replaced by a ``.jsonl.gz`` of the same name.
+``calls.jsonl`` as they are and then replaced by a ``.jsonl.gz`` of the same name. A store
+whose active file has another name (``JsonlStore(name="traces.jsonl")``) names its
+archives ``<stem>-<UTC time>[-N]<suffix>.gz`` after it, as the seed did.
 
 ``state.json`` holds the state rows (versions, changes, target heads, the trail head), one
 indented JSON object with sorted keys, replaced whole (temp file, fsync, rename) on every
@@ -52,17 +67,22 @@ Rotation, compaction and retention touch ``calls.jsonl`` and the archives only, 
 from __future__ import annotations
 
 import errno
+import functools
 import gzip
+import hashlib
 import json
+import math
 import os
 import re
 import shutil
 import threading
 from collections import OrderedDict
+from datetime import datetime
 from pathlib import Path
+from typing import Any, Iterator
 
 from ..aggregates import Cell, CellKey, cells_for, feedback_delta
-from ..records import CallRecord, Feedback
+from ..records import CallRecord, Feedback, Outcome
 from ._table import CellTable
 from .memory import apply_feedback
 
@@ -70,8 +90,22 @@ FORMAT = 1
 O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 datasync = getattr(os, "fdatasync", os.fsync)
 
-#: archive names: calls-<UTC %Y%m%dT%H%M%S%fZ>[-N].jsonl, then .jsonl.gz once compressed
-_ARCHIVE_RE = re.compile(r"^calls-(\d{8}T\d{12}Z)(?:-(\d+))?\.jsonl(\.gz)?$")
+#: the ids of seed traces (seed lines, and the seed stores' own records) start with this
+SEED_ID = "seed:"
+#: the ids of seed lines that carry no id of their own: a hash of the line's bytes
+SEED_LINE_ID = "seed:line:"
+#: the key of a seed-dialect line that holds the fields the seed has no key for
+SIL_KEY = "_sil"
+
+
+@functools.lru_cache(maxsize=None)
+def archive_re(stem: str = "calls", suffix: str = ".jsonl") -> re.Pattern:
+    """Archive names of an active file ``<stem><suffix>``:
+    ``<stem>-<UTC %Y%m%dT%H%M%S%fZ>[-N]<suffix>``, then ``.gz`` once compressed."""
+    return re.compile(rf"^{re.escape(stem)}-(\d{{8}}T\d{{12}}Z)(?:-(\d+))?{re.escape(suffix)}(\.gz)?$")
+
+
+_ARCHIVE_RE = archive_re()
 _ID_RE = re.compile(rb'^\{"id": ("(?:[^"\\]|\\.)*")')
 _FEEDBACK_PREFIX = b'{"feedback": '
 
@@ -100,10 +134,15 @@ def _json_object(line: bytes) -> dict | None:
 
 
 def parse_line(line: bytes) -> CallRecord | Feedback | None:
-    """A record or a feedback line, or ``None`` for a corrupt line."""
+    """A record (a seed line too) or a feedback line, or ``None`` for a corrupt line."""
     obj = _json_object(line)
     if obj is None:
         return None
+    if "agent_id" in obj and "target" not in obj:
+        try:
+            return seed_record(obj, line=line)
+        except (ValueError, TypeError, OverflowError, RecursionError):
+            return None
     if "feedback" in obj and "target" not in obj:
         cid, success, score = obj["feedback"], obj.get("success"), obj.get("score")
         if not isinstance(cid, str) or not (success is None or isinstance(success, bool)):
@@ -133,6 +172,12 @@ def fold(data: bytes, records: dict[str, CallRecord] | None = None) -> tuple[dic
             if before is not None:
                 records[item.call_id] = apply_feedback(before, item)
         else:
+            if item.id in records and item.id.startswith(SEED_LINE_ID):
+                # an identical seed line is another trace, not a retried write
+                n = 2
+                while f"{item.id}~{n}" in records:
+                    n += 1
+                item.id = f"{item.id}~{n}"
             records[item.id] = item
     return records, corrupt
 
@@ -143,8 +188,8 @@ def lookup(data: bytes, ids: set[str]) -> dict[str, CallRecord]:
     slow = set()
     for cid in ids:
         needle = json.dumps(cid, ensure_ascii=False).encode("utf-8", "backslashreplace")
-        if not needle.isascii() or b"\\" in needle:
-            slow.add(cid)  # may be spelt with other escapes: parse everything
+        if not needle.isascii() or b"\\" in needle or cid.startswith(SEED_LINE_ID):
+            slow.add(cid)  # may be spelt with other escapes, or not at all: parse everything
             continue
         record = None
         pos = data.find(needle)
@@ -224,6 +269,138 @@ def merge_deltas(into: dict[CellKey, Cell], deltas: dict[CellKey, Cell]) -> None
             into[key].add(cell)
         else:
             into[key] = cell
+
+
+def iter_lines(fd: int, size: int, *, reverse: bool = False, chunk: int = 1 << 16) -> Iterator[bytes]:
+    """The complete lines of the first ``size`` bytes of an open file (a torn last line is
+    left out), first to last or, with ``reverse``, last to first; read ``chunk`` bytes at a
+    time, so a consumer that stops early reads only what it used."""
+    if not reverse:
+        pos, carry = 0, b""
+        while pos < size:
+            n = min(chunk, size - pos)
+            *lines, carry = (carry + pread_all(fd, n, pos)).split(b"\n")
+            pos += n
+            yield from lines
+        return  # what is left in carry follows the last newline: a torn line, or nothing
+    pos, carry, end_dropped = size, b"", False
+    while pos > 0:
+        n = min(chunk, pos)
+        pos -= n
+        pieces = (pread_all(fd, n, pos) + carry).split(b"\n")
+        if not end_dropped:
+            if len(pieces) == 1 and pos > 0:
+                carry = pieces[0]  # no newline yet: all of it belongs to a torn last line
+                continue
+            pieces.pop()  # after the last newline: a torn line, or nothing
+            end_dropped = True
+        carry = pieces.pop(0) if pos > 0 and pieces else b""
+        yield from reversed(pieces)
+
+
+# -- the seed dialect ----------------------------------------------------------------------------
+def seed_record(trace: dict, call_id: str | None = None, *, line: bytes | None = None) -> CallRecord:
+    """A seed trace (or a seed-dialect line) as a record; raises ValueError or TypeError on
+    a trace JSON cannot hold.
+
+    ``call_id`` names a new trace; a line read back gets ``_sil.id`` if it has one, else
+    ``seed:line:`` plus a hash of ``line``.
+    """
+    sil = trace.get(SIL_KEY)
+    if isinstance(sil, dict) and isinstance(sil.get("id"), str):
+        trace = {k: v for k, v in trace.items() if k != SIL_KEY}
+    else:
+        sil = {}
+    call = isinstance(sil.get("outcome"), str)  # a call written by sil, not a seed trace
+    if call:
+        context = trace.get("context")
+        text = None if context is None else json.dumps(context, ensure_ascii=False, separators=(",", ":"))
+    else:
+        text = json.dumps(trace, ensure_ascii=False)  # the whole trace: seed_view gives it back
+    if sil.get("id"):
+        cid = sil["id"]
+    elif call_id is not None:
+        cid = call_id
+    else:
+        digest = hashlib.sha256(line if line is not None else text.encode("utf-8", "backslashreplace"))
+        cid = SEED_LINE_ID + digest.hexdigest()[:32]
+    agent = trace.get("agent_id")
+    error = trace.get("error")
+    ts = sil.get("ts")
+    score = sil.get("score")
+    return CallRecord(
+        id=cid,
+        target=agent if isinstance(agent, str) else "" if agent is None else json.dumps(agent),
+        ts=float(ts) if _is_number(ts) else _seed_ts(trace),
+        duration_s=float(trace["duration_sec"]) if _is_number(trace.get("duration_sec")) else 0.0,
+        outcome=sil["outcome"] if call else (Outcome.OK if trace.get("success") else Outcome.ERROR),
+        error_type=sil.get("error_type"),
+        error_message=None if error is None else error if isinstance(error, str) else json.dumps(error, ensure_ascii=False),
+        version=sil.get("version"),
+        arm=sil.get("arm"),
+        attempt=int(sil.get("attempt") or 1),
+        score=float(score) if _is_number(score) else None,
+        context=text,
+        feedback_success=sil.get("feedback_success") if isinstance(sil.get("feedback_success"), bool) else None,
+        feedback_score=float(sil["feedback_score"]) if _is_number(sil.get("feedback_score")) else None,
+    )
+
+
+def seed_view(r: CallRecord) -> dict[str, Any]:
+    """A record as the seed's trace dict: a seed trace exactly as it was written, any other
+    call as ``{"agent_id", "task", "success", "duration_sec", "error", "context",
+    "timestamp"}`` (``task`` when its context has one; ``timestamp`` in local time)."""
+    if r.id.startswith(SEED_ID):
+        trace = r.context_value()
+        if isinstance(trace, dict):
+            return trace
+    context = r.context_value()
+    view: dict[str, Any] = {"agent_id": r.target}
+    if isinstance(context, dict) and "task" in context:
+        view["task"] = context["task"]
+    view.update(success=r.success, duration_sec=r.duration_s, error=r.error_message, context=context,
+                timestamp=datetime.fromtimestamp(r.ts).isoformat())
+    return view
+
+
+def encode_seed_record(r: CallRecord) -> bytes:
+    """A record as a seed-dialect line: :func:`seed_view`, plus a ``"_sil"`` object for
+    what the seed has no key for (a seed trace has none, unless feedback was folded in)."""
+    view = seed_view(r)
+    if r.id.startswith(SEED_ID) and isinstance(r.context_value(), dict):
+        if r.feedback_success is None and r.feedback_score is None:
+            return _encode_line(view)
+        sil: dict[str, Any] = {"id": r.id}  # pinned: the line's hash changes with the feedback
+    else:
+        sil = {"id": r.id, "ts": r.ts, "outcome": r.outcome}
+        for key in ("error_type", "version", "arm", "score"):
+            if getattr(r, key) is not None:
+                sil[key] = getattr(r, key)
+        if r.attempt != 1:
+            sil["attempt"] = r.attempt
+    for key in ("feedback_success", "feedback_score"):
+        if getattr(r, key) is not None:
+            sil[key] = getattr(r, key)
+    return _encode_line({**view, SIL_KEY: sil})
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _seed_ts(trace: dict) -> float:
+    """Epoch seconds of a seed trace's ``timestamp`` (or legacy ``start_time``): ISO 8601,
+    naive meaning local time as the seed wrote it, or epoch seconds; 0.0 when absent or bad."""
+    for key in ("timestamp", "start_time"):
+        value = trace.get(key)
+        if _is_number(value):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value).timestamp()
+            except (ValueError, OverflowError, OSError):
+                continue
+    return 0.0
 
 
 # -- state.json --------------------------------------------------------------------------------
@@ -345,12 +522,13 @@ def decode_aggregates(data: bytes) -> tuple[CellTable, int, tuple[int, int] | No
 
 # -- archives ----------------------------------------------------------------------------------
 def archive_file(source: Path, archive_dir: Path, stamp: str, *, fsync: bool) -> tuple[Path, int]:
-    """Move ``source`` into ``archive_dir`` under an unused ``calls-<stamp>[-N]`` name and
-    create an empty ``source`` in its place (a torn last line is terminated first).
+    """Move ``source`` into ``archive_dir`` under an unused ``<stem>-<stamp>[-N]<suffix>``
+    name (``calls-<stamp>[-N].jsonl`` for ``calls.jsonl``) and create an empty ``source``
+    in its place (a torn last line is terminated first).
 
-    Returns the archive, the uncompressed ``.jsonl`` to gzip later
-    (:func:`compress_archives`) or the final ``.jsonl.gz`` when ``archive_dir`` is on
-    another file system, and the inode of the new, empty ``source``.
+    Returns the archive, the uncompressed file to gzip later (:func:`compress_archives`)
+    or the final ``.gz`` when ``archive_dir`` is on another file system, and the inode of
+    the new, empty ``source``.
     """
     fd = os.open(source, os.O_RDWR | os.O_APPEND | O_CLOEXEC)
     try:
@@ -362,8 +540,8 @@ def archive_file(source: Path, archive_dir: Path, stamp: str, *, fsync: bool) ->
     archive_dir.mkdir(parents=True, exist_ok=True)
     n = 0
     while True:
-        base = f"calls-{stamp}-{n}" if n else f"calls-{stamp}"
-        pending, final = archive_dir / f"{base}.jsonl", archive_dir / f"{base}.jsonl.gz"
+        base = f"{source.stem}-{stamp}-{n}" if n else f"{source.stem}-{stamp}"
+        pending, final = archive_dir / f"{base}{source.suffix}", archive_dir / f"{base}{source.suffix}.gz"
         if not pending.exists() and not final.exists():
             break
         n += 1
@@ -385,27 +563,27 @@ def archive_file(source: Path, archive_dir: Path, stamp: str, *, fsync: bool) ->
         os.close(fd)
 
 
-def compress_archives(path: Path, *, fsync: bool) -> Path:
-    """Gzip the archive ``path`` (a ``.jsonl``), and any other uncompressed archive beside
-    it (left by a crash); returns ``path``'s ``.jsonl.gz``."""
+def compress_archives(path: Path, *, fsync: bool, pattern: re.Pattern = _ARCHIVE_RE) -> Path:
+    """Gzip the archive ``path`` (not compressed yet), and any other uncompressed archive
+    of the same ``pattern`` beside it (left by a crash); returns ``path``'s ``.gz``."""
     final = gzip_file(path, path.with_name(path.name + ".gz"), fsync=fsync)
     for name in os.listdir(path.parent):
-        m = _ARCHIVE_RE.match(name)
+        m = pattern.match(name)
         if m and not m.group(3) and name != path.name:
             gzip_file(path.parent / name, path.parent / (name + ".gz"), fsync=fsync)
     return final
 
 
-def list_archives(archive_dir: Path, pending: bool = False) -> list[Path]:
-    """The gzip archives, oldest first (with ``pending``, also rotated files not
-    compressed yet, where no ``.gz`` of the same name exists)."""
+def list_archives(archive_dir: Path, pending: bool = False, pattern: re.Pattern = _ARCHIVE_RE) -> list[Path]:
+    """The gzip archives named by ``pattern``, oldest first (with ``pending``, also rotated
+    files not compressed yet, where no ``.gz`` of the same name exists)."""
     try:
         names = set(os.listdir(archive_dir))
     except FileNotFoundError:
         return []
     found = []
     for name in names:
-        m = _ARCHIVE_RE.match(name)
+        m = pattern.match(name)
         if m and (m.group(3) or (pending and name + ".gz" not in names)):
             found.append((m.group(1), int(m.group(2) or 0), archive_dir / name))
     return [p for *_, p in sorted(found)]

@@ -41,6 +41,13 @@ line under the exclusive lock, then moves the ``("trail", "head")`` row in
 ``state.json`` before releasing it. Rotation, compaction and retention never touch either
 file.
 
+Named stores: ``JsonlStore(dir, name="traces.jsonl")`` keeps its active file under that
+name and its sidecars beside it as ``<name>.aggregates.json``, ``<name>.state.json``,
+``<name>.trail.jsonl`` and ``<name>.lock`` (the seed's lock file), with archives named
+``<stem>-<UTC time>[-N]<suffix>.gz``, so that two stores share a folder without sharing a
+file. ``dialect="seed"`` writes every record as a line of the seed's trace format (see
+:mod:`sil_core.store._jsonl_format`); every store reads seed lines in either dialect.
+
 Limits: raw reads (:meth:`read_calls`, :meth:`get_call`, :meth:`count_calls`) and
 feedback look at the active file only (feedback on an archived call is ignored). Duplicate
 call ids are dropped within a batch and against the ids this process has cached, not
@@ -74,6 +81,7 @@ from ..records import CallRecord, Feedback
 from ._jsonl_format import (
     O_CLOEXEC,
     archive_file,
+    archive_re,
     compress_archives,
     datasync,
     decode_aggregates,
@@ -82,15 +90,18 @@ from ._jsonl_format import (
     encode_event,
     encode_feedback,
     encode_record,
+    encode_seed_record,
     encode_state,
     fold,
     fold_tail,
     fsync_dir,
+    iter_lines,
     last_event,
     list_archives,
     lookup,
     merge_deltas,
     parse_event,
+    parse_line,
     pread_all,
     read_events,
     recover,
@@ -98,6 +109,7 @@ from ._jsonl_format import (
     write_all,
 )
 from ._table import CellTable
+from ._paths import prepare_folder
 from .base import Store
 from .memory import apply_feedback, matches, retained
 
@@ -108,6 +120,8 @@ AGGREGATES = "aggregates.json"
 LOCK = ".lock"
 STATE = "state.json"
 TRAIL = "trail.jsonl"
+#: how each dialect writes a record line
+ENCODERS: dict[str, Callable[[CallRecord], bytes]] = {"sil": encode_record, "seed": encode_seed_record}
 #: how many call states a process keeps for feedback look-ups
 CACHE_MAX = 10_000
 #: above this many bytes appended by others, drop the cache instead of scanning them
@@ -122,7 +136,7 @@ class JsonlStore(Store):
     state rows in ``state.json``, the trail in ``trail.jsonl``.
 
     Args:
-        directory: the store's directory (created if missing).
+        directory: the store's directory (created if missing, in a folder that exists).
         max_bytes: rotate ``calls.jsonl`` before a batch would take it past this size;
             ``None`` never rotates by size.
         archive_dir: where rotated files go (default ``<directory>/archives``).
@@ -133,10 +147,16 @@ class JsonlStore(Store):
             on write, bounding ``aggregates.json`` and so the cost of every batch; all-time
             cells are kept forever. 8 days is safe for the guard's windowed questions (at
             most 72 h back by default); ``None`` keeps every hourly cell.
+        name: the active file's name; any other than ``calls.jsonl`` names the sidecars
+            after it (``<name>.state.json``, ...), so stores of different names share a folder.
+        dialect: ``"sil"`` writes :meth:`CallRecord.to_dict` lines; ``"seed"`` writes the
+            seed's trace lines (``agent_id``, ``task``, ``success``, ...), for files that
+            the seed's own tools still read. Both read either kind of line.
 
     Raises:
         ConfigError: ``max_bytes <= 0``, ``max_archives < 1``, ``cell_retention_hours``
-            not a positive finite number or ``None``, or no ``fcntl``.
+            not a positive finite number or ``None``, a ``name`` that is not a plain file
+            name, an unknown ``dialect``, or no ``fcntl``.
     """
 
     capabilities = frozenset({"rotation", "compaction", "multiprocess", "retention"})
@@ -150,6 +170,8 @@ class JsonlStore(Store):
         max_archives: int = 5,
         fsync: bool = True,
         cell_retention_hours: float | None = 24 * 8,
+        name: str = ACTIVE,
+        dialect: str = "sil",
     ) -> None:
         if fcntl is None:  # pragma: no cover - Windows
             raise ConfigError("jsonl:// needs POSIX file locks (fcntl); use sqlite:// on this platform")
@@ -161,23 +183,40 @@ class JsonlStore(Store):
         if hours is not None and (isinstance(hours, bool) or not isinstance(hours, (int, float))
                                   or not math.isfinite(hours) or hours <= 0):
             raise ConfigError(f"cell_retention_hours must be a positive number or None, not {cell_retention_hours!r}")
+        if (not isinstance(name, str) or name in ("", ".", "..") or "/" in name or os.sep in name
+                or "\0" in name or name.endswith(".gz")):
+            raise ConfigError(f"name must be a plain file name (not a path, not .gz), not {name!r}")
+        if dialect not in ENCODERS:
+            raise ConfigError(f"dialect must be one of {sorted(ENCODERS)}, not {dialect!r}")
         self.directory = Path(directory)
-        self.url = f"jsonl:///{self.directory}"
+        self.name = name
+        self.dialect = dialect
+        self._encode = ENCODERS[dialect]
+        self.url = f"jsonl:///{self.directory}" if name == ACTIVE else f"jsonl:///{self.directory}?name={name}"
         self.max_bytes = max_bytes
         self.max_archives = max_archives
         self.fsync = bool(fsync)
         self.cell_retention_hours = cell_retention_hours
         self.archive_dir = Path(archive_dir) if archive_dir is not None else self.directory / "archives"
-        self.calls_path = self.directory / ACTIVE
-        self.aggregates_path = self.directory / AGGREGATES
-        self.lock_path = self.directory / LOCK
-        self.state_path = self.directory / STATE
-        self.trail_path = self.directory / TRAIL
+        self.calls_path = self.directory / name
+        self._archive_re = archive_re(self.calls_path.stem, self.calls_path.suffix)
+        if name == ACTIVE:
+            self.aggregates_path = self.directory / AGGREGATES
+            self.lock_path = self.directory / LOCK
+            self.state_path = self.directory / STATE
+            self.trail_path = self.directory / TRAIL
+        else:
+            self.aggregates_path = self.directory / f"{name}.{AGGREGATES}"
+            self.lock_path = self.directory / f"{name}.lock"
+            self.state_path = self.directory / f"{name}.{STATE}"
+            self.trail_path = self.directory / f"{name}.{TRAIL}"
         #: corrupt lines seen by the last full read (read_calls, count_calls, compact, retain)
         self.corrupt_lines = 0
         self._lock_fd = -1
         with self._errors():
-            self.directory.mkdir(parents=True, exist_ok=True)
+            if not self.directory.is_dir():
+                prepare_folder(self.directory.parent, self.url)  # a typo must not create a tree
+                self.directory.mkdir(exist_ok=True)
             self._lock_fd = self._open_lock()
         self._mutex = threading.Lock()
         self._pid = os.getpid()
@@ -372,7 +411,7 @@ class JsonlStore(Store):
                     states[cid] = after
                     merge_deltas(deltas, feedback_delta(before, after))
                     fb_lines.append(encode_feedback(fb))
-            body = b"".join([*map(encode_record, batch.values()), *fb_lines])
+            body = b"".join([*map(self._encode, batch.values()), *fb_lines])
             if not body:
                 if repaired:
                     if cutoff is not None:
@@ -576,7 +615,10 @@ class JsonlStore(Store):
 
     def _finish_rotation(self, path: Path) -> Path:
         """Gzip a renamed active file (and any left by a crash), then prune archives."""
-        final = compress_archives(path, fsync=self.fsync) if path.suffix == ".jsonl" else path
+        if path.name.endswith(".gz"):  # compressed already (the archive folder is on another file system)
+            final = path
+        else:
+            final = compress_archives(path, fsync=self.fsync, pattern=self._archive_re)
         with self._locked(exclusive=True):
             self._prune_locked()
         return final
@@ -591,19 +633,27 @@ class JsonlStore(Store):
     def archives(self, *, pending: bool = False) -> list[Path]:
         """The gzip archives, oldest first (with ``pending``, also rotated files not
         compressed yet, where no ``.gz`` of the same name exists)."""
-        return list_archives(self.archive_dir, pending)
+        return list_archives(self.archive_dir, pending, self._archive_re)
 
     # -- rewrites: compaction and retention -------------------------------------------------
-    def compact(self, max_entries: int) -> int:
-        """Keep the newest ``max_entries`` records per target in the active file.
+    def compact(self, max_entries: int, *, per_target: bool = True) -> int:
+        """Keep the newest ``max_entries`` records per target in the active file (with
+        ``per_target=False``: the last ``max_entries`` records of the file, whatever their
+        target, in file order, as the seed's ``JsonlTraceStore.compact`` did).
 
         Corrupt lines are dropped and feedback lines folded into their records. Returns
         how many valid records were removed. Aggregates are untouched.
         """
         if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 0:
             raise ConfigError(f"max_entries must be an int >= 0, not {max_entries!r}")
+
+        def choose(rows: list[CallRecord]) -> list[CallRecord]:
+            if per_target:
+                return retained(rows, None, max_entries, 0.0)
+            return rows[max(0, len(rows) - max_entries):] if max_entries else []
+
         with self._writing():
-            return self._rewrite_locked(lambda rows: retained(rows, None, max_entries, 0.0), None)
+            return self._rewrite_locked(choose, None)
 
     def retain(self, *, max_age_s: float | None = None, max_calls: int | None = None, now: float | None = None) -> int:
         """Drop records older than ``max_age_s`` and beyond the newest ``max_calls`` per
@@ -635,7 +685,7 @@ class JsonlStore(Store):
             return 0
         epoch = self._epoch
         if removed or self.corrupt_lines:
-            body = b"".join(encode_record(r) for r in records.values() if r.id in keep)
+            body = b"".join(self._encode(r) for r in records.values() if r.id in keep)
             st = replace_file(self.calls_path, body, fsync=self.fsync)
             if self.fsync:
                 fsync_dir(self.directory)
@@ -708,6 +758,35 @@ class JsonlStore(Store):
     def get_call(self, call_id: str) -> CallRecord | None:
         """One record of the active file by id (with its feedback), or ``None``."""
         return lookup(self._snapshot(), {call_id}).get(call_id)
+
+    def iter_records(self, *, reverse: bool = False) -> Iterator[CallRecord]:
+        """Every record line of the **active file** as written, first to last (or last to
+        first with ``reverse``, read backwards in chunks, so a consumer that stops early
+        reads only the file's tail).
+
+        For tools that need file order or a bounded tail: feedback lines are not folded in
+        (use :meth:`read_calls` for current states), corrupt lines and a torn last line are
+        skipped. The file is the one of the moment of the first ``next()``: a rotation or
+        compaction after that does not change what the iterator yields.
+        """
+        with self._errors():
+            with self._locked(exclusive=False):
+                try:
+                    fd = os.open(self.calls_path, os.O_RDONLY | O_CLOEXEC)
+                except FileNotFoundError:
+                    return
+                try:
+                    size = os.fstat(fd).st_size
+                except BaseException:
+                    os.close(fd)
+                    raise
+        try:
+            for line in iter_lines(fd, size, reverse=reverse):
+                item = parse_line(line) if line.strip() else None
+                if isinstance(item, CallRecord):
+                    yield item
+        finally:
+            os.close(fd)
 
     def count_calls(self, target: str | None = None) -> int:
         """How many records the active file holds, for one or all targets."""

@@ -133,6 +133,7 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX IF NOT EXISTS sil_trail_target ON {schema}.sil_trail (target, seq)
     """,
+    "ALTER TABLE {schema}.sil_cells ADD COLUMN IF NOT EXISTS n_retried bigint NOT NULL DEFAULT 0",
 )
 
 # connections inherited through fork(): kept referenced so that finalising them in the
@@ -387,6 +388,21 @@ class PostgresStore(Store):
         return self._run(action, lambda conn: conn.execute(sql, params).fetchall())
 
     def _migrate(self, conn: Any) -> None:
+        """Bring the schema up to date. Concurrent openers queue on an advisory lock; a
+        catalog race with a process that does not take it (two ``CREATE ... IF NOT
+        EXISTS`` at once raise a unique violation) is retried."""
+        pg = self._pg
+        races = (pg.errors.UniqueViolation, pg.errors.DuplicateObject, pg.errors.DuplicateTable,
+                 pg.errors.DuplicateSchema)
+        for attempt in range(5):
+            try:
+                return self._migrate_once(conn)
+            except races:
+                if attempt == 4:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+
+    def _migrate_once(self, conn: Any) -> None:
         sql = self._sql
         if self._schema_version(conn) >= len(MIGRATIONS):
             return

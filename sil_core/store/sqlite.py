@@ -3,13 +3,17 @@
 WAL journal, ``busy_timeout`` for other processes, one ``BEGIN IMMEDIATE`` transaction
 per write batch (records, cell increments and feedback together), indexes on
 ``(target, ts)`` and ``(target, version)``, and retention by age or count. Any number of
-processes on one host may share a file.
+processes on one host may share a file, and may open a file that does not exist yet at the
+same instant: switching to WAL, creating the schema and migrating wait for each other and
+retry within ``busy_timeout_s`` (SQLite answers some of these with "database is locked" at
+once, without calling its busy handler).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import sqlite3
 import threading
 import time
@@ -20,6 +24,7 @@ from typing import Iterator, Sequence
 from ..aggregates import ALL_TIME, BUCKET_S, FIELDS, Cell, CellKey, cells_for, feedback_delta
 from ..errors import StoreError
 from ..records import CallRecord, Feedback
+from ._paths import prepare_folder
 from .base import Store
 from .memory import apply_feedback
 
@@ -43,7 +48,10 @@ _HIST_UPSERT = (
 _INSERT_CALL = f"INSERT INTO sil_calls ({', '.join(CALL_COLUMNS)}) VALUES ({', '.join('?' for _ in CALL_COLUMNS)})"
 _SELECT_CALL = f"SELECT {', '.join(CALL_COLUMNS)} FROM sil_calls"
 
-#: append-only: each entry moves the schema one version up
+#: the cell columns of schema version 1 (later versions add columns by migration)
+_V1_FIELDS = FIELDS[: FIELDS.index("score_sumsq") + 1]
+
+#: append-only: each entry moves the schema one version up. Never edit a released entry.
 MIGRATIONS = (
     f"""
     CREATE TABLE sil_calls (
@@ -56,7 +64,7 @@ MIGRATIONS = (
     CREATE INDEX sil_calls_target_version ON sil_calls (target, version);
     CREATE TABLE sil_cells (
         target TEXT NOT NULL, version TEXT NOT NULL, arm TEXT NOT NULL, hour INTEGER NOT NULL,
-        {", ".join(f"{f} {'REAL' if f.startswith(('lat_sum', 'score_sum')) else 'INTEGER'} NOT NULL DEFAULT 0" for f in FIELDS)},
+        {", ".join(f"{f} {'REAL' if f.startswith(('lat_sum', 'score_sum')) else 'INTEGER'} NOT NULL DEFAULT 0" for f in _V1_FIELDS)},
         PRIMARY KEY (target, hour, version, arm)
     );
     CREATE TABLE sil_hist (
@@ -73,7 +81,9 @@ MIGRATIONS = (
     );
     CREATE INDEX sil_trail_target ON sil_trail (target, seq);
     """,
+    "ALTER TABLE sil_cells ADD COLUMN n_retried INTEGER NOT NULL DEFAULT 0",
 )
+_LOCKED = ("locked", "busy")
 
 
 def row_to_record(row: Sequence) -> CallRecord:
@@ -99,11 +109,33 @@ class SqliteStore(Store):
     def __init__(self, path: str | Path, *, busy_timeout_s: float = 30.0, synchronous: str = "NORMAL") -> None:
         self.path = Path(path)
         self.url = f"sqlite:///{self.path}"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        prepare_folder(self.path.parent, self.url)
         self._lock = threading.Lock()
         self._busy_timeout_s = busy_timeout_s
         self._synchronous = synchronous
-        self._connect()
+        self._conn: sqlite3.Connection | None = None
+        self._retry_locked(self._open)
+
+    def _retry_locked(self, fn) -> None:
+        """Run ``fn``, retrying with jittered backoff while another process holds the file
+        (a fresh file opened by many processes at once), for at most ``busy_timeout_s``."""
+        deadline = time.monotonic() + self._busy_timeout_s
+        delay = 0.005
+        while True:
+            try:
+                with self._errors():
+                    return fn()
+            except StoreError as exc:
+                cause = exc.__cause__
+                locked = isinstance(cause, sqlite3.OperationalError) and any(w in str(cause).lower() for w in _LOCKED)
+                if not locked or time.monotonic() + delay > deadline:
+                    raise
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 0.25)
+
+    def _open(self) -> None:
+        if self._conn is None or self._pid != os.getpid():
+            self._connect()
         self._migrate()
 
     def _connect(self) -> None:
@@ -111,10 +143,14 @@ class SqliteStore(Store):
             conn = sqlite3.connect(
                 str(self.path), timeout=self._busy_timeout_s, isolation_level=None, check_same_thread=False
             )
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_s * 1000)}")
-            # NORMAL in WAL mode: a commit survives a process crash; FULL also survives power loss
-            conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            try:
+                conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_s * 1000)}")
+                conn.execute("PRAGMA journal_mode=WAL")
+                # NORMAL in WAL mode: a commit survives a process crash; FULL also survives power loss
+                conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            except BaseException:
+                conn.close()
+                raise
         self._conn = conn
         self._pid = os.getpid()
 
@@ -146,7 +182,20 @@ class SqliteStore(Store):
                 raise
             conn.execute("COMMIT")
 
+    def _schema_version(self) -> int:
+        conn = self._connection()
+        with self._lock:
+            try:
+                row = conn.execute("SELECT version FROM sil_schema_version").fetchone()
+            except sqlite3.OperationalError as exc:
+                if "no such table" in str(exc):
+                    return 0
+                raise
+        return row[0] if row else 0
+
     def _migrate(self) -> None:
+        if self._schema_version() >= len(MIGRATIONS):
+            return  # the common case: no write lock taken to open a store
         with self._tx() as conn:
             conn.execute("CREATE TABLE IF NOT EXISTS sil_schema_version (version INTEGER NOT NULL)")
             row = conn.execute("SELECT version FROM sil_schema_version").fetchone()
