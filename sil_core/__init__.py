@@ -22,6 +22,7 @@ from .versions import config_version
 from .notify import LoggingNotifier, Notifier, TelegramNotifier, WebhookNotifier
 from .outcomes import classify_exception, register_control_flow
 from .records import CallRecord, Feedback, Outcome
+from .seed_stores import JsonlTraceStore, SQLiteTraceStore
 from .store import Store, default_store_url, open_store
 from .thresholds import PROFILES, AdaptiveThreshold, ThresholdProfile
 from .yijing import (
@@ -50,11 +51,13 @@ __all__ = (
     "Guard",
     "InvalidTransition",
     "JsonFileConfigAdapter",
+    "JsonlTraceStore",
     "LoggingNotifier",
     "MissingExtra",
     "Notifier",
     "Outcome",
     "RolloutPolicy",
+    "SQLiteTraceStore",
     "SelfImprovingLoop",
     "SilError",
     "State",

@@ -23,6 +23,8 @@ from .guard import Guard
 from .notify import TelegramNotifier
 from .policy import RolloutPolicy
 from .rollout import State
+from .seed_stores import AutoRollback
+from .store.base import Store
 from .store.jsonl import JsonlStore
 from .store.sqlite import SqliteStore
 from .thresholds import AdaptiveThreshold
@@ -55,37 +57,6 @@ def _seed_metrics(arm: dict[str, Any] | None, n: int) -> dict[str, Any]:
             "consecutive_failures": arm.get("consecutive", 0)}
 
 
-class AutoRollback:
-    """The seed's ``loop.auto_rollback``: rollback history read from the trail."""
-
-    def __init__(self, guard: Guard) -> None:
-        self._guard = guard
-
-    def get_rollback_history(self, agent_id: str | None = None) -> list[dict[str, Any]]:
-        """One entry per completed rollback: ``rollback_id``, ``agent_id``, ``backup_id``,
-        ``improvement_id``, ``timestamp``, ``config_restored``, ``reason`` (the seed's README
-        promised ``reason``; its records had none)."""
-        events = self._guard.trail(agent_id)
-        started = {e["change_id"]: e for e in events if e.get("type") == "rollback_started"}
-        out = []
-        for e in events:
-            if e.get("type") != "rollback_succeeded":
-                continue
-            verdict = (started.get(e["change_id"], {}).get("data") or {}).get("verdict") or {}
-            row = self._guard.store.kv_get("change", e["change_id"])
-            out.append({
-                "rollback_id": f"rollback_{e['seq']}", "agent_id": e["target"], "backup_id": e["change_id"],
-                "improvement_id": e["change_id"], "timestamp": e["ts"],
-                "config_restored": row[0].get("backup") if row else None, "reason": verdict.get("reason", ""),
-            })
-        return out
-
-    def get_stats(self) -> dict[str, Any]:
-        history = self.get_rollback_history()
-        agents = sorted({h["agent_id"] for h in history})
-        return {"total_rollbacks": len(history), "agents_rolled_back": len(agents), "agents": agents}
-
-
 class SelfImprovingLoop:
     """Seed-compatible loop: run a call, improve on failures, roll back bad patches."""
 
@@ -104,7 +75,7 @@ class SelfImprovingLoop:
         policy: RolloutPolicy | None = None,
     ) -> None:
         if strategy is not None and improvement_strategy is not None:
-            raise ValueError("pass strategy or improvement_strategy, not both (they are aliases)")
+            raise ValueError("pass either strategy or improvement_strategy, not both (they are aliases)")
         if storage not in ("jsonl", "sqlite"):
             raise ValueError(f"storage must be 'jsonl' or 'sqlite', not {storage!r}")
         self.data_dir = Path(data_dir) if data_dir is not None else DEFAULT_DATA_DIR
@@ -117,24 +88,38 @@ class SelfImprovingLoop:
         ):
             config_adapter = _StrategyHooks(self.improvement_strategy)
         self.config_adapter = config_adapter
-        if storage == "jsonl":
-            self.trace_store = JsonlStore(self.data_dir, max_bytes=jsonl_max_bytes,
-                                          archive_dir=jsonl_archive_dir, max_archives=jsonl_max_archives)
-        else:
-            self.trace_store = SqliteStore(self.data_dir / "sil.sqlite3")
+        self.trace_store = self._open_store(jsonl_max_bytes, jsonl_archive_dir, jsonl_max_archives)
         self.adaptive_threshold = AdaptiveThreshold(self.data_dir)
         self.guard = Guard(
             self.trace_store, durability="sync", adapter=config_adapter, strategy=self.improvement_strategy,
             strategy_inline=True, mode="switch", policy=policy, thresholds=self.adaptive_threshold,
             refresh_interval=0.0,
         )
-        self.auto_rollback = self.rollback = AutoRollback(self.guard)
+        # backups and rollbacks recorded through it go to the Guard's store; a seed's
+        # rollback_history.jsonl in data_dir is listed too
+        self.auto_rollback = self.rollback = AutoRollback(self.data_dir, guard=self.guard)
         self._triggers: dict[str, int] = {}
         self._reported: set[str] = set()
         self._announced: set[str] = set()  # change ids already reported as applied
         self._claimed: dict[str, int] = {}  # triggers already reported, per agent
         self._lock = threading.Lock()
         self.guard.on_trigger(self._on_trigger)
+
+    def _open_store(self, max_bytes: int | None, archive_dir: str | None, max_archives: int) -> Store:
+        """The loop's store in ``data_dir``: ``calls.jsonl`` or ``sil.sqlite3``; in a folder
+        the seed used (its ``traces.jsonl`` or ``traces.sqlite3``, and no sil store yet), the
+        seed's own file, so an upgraded loop keeps its history and the seed's line format."""
+        from .seed_stores import JsonlTraceStore, SQLiteTraceStore
+
+        if self.storage == "jsonl":
+            seed_file = self.data_dir / "traces.jsonl"
+            if seed_file.exists() and not (self.data_dir / "calls.jsonl").exists():
+                return JsonlTraceStore(seed_file, max_bytes, archive_dir, max_archives).store
+            return JsonlStore(self.data_dir, max_bytes=max_bytes, archive_dir=archive_dir, max_archives=max_archives)
+        seed_db = self.data_dir / "traces.sqlite3"
+        if seed_db.exists() and not (self.data_dir / "sil.sqlite3").exists():
+            return SQLiteTraceStore(seed_db).store
+        return SqliteStore(self.data_dir / "sil.sqlite3")
 
     # -- the call ------------------------------------------------------------------------
     def execute_with_improvement(self, agent_id: str, task: str, execute_fn: Callable[[], Any],

@@ -133,6 +133,8 @@ class HexagramState:
 def identify_hexagram(lines: Sequence[LineSignal]) -> HexagramState:
     """The state of six lines (one per position 1..6); moving lines flip in the changed one."""
     lines = sorted(lines, key=lambda line: line.position)
+    if len(lines) != 6:
+        raise ValueError(f"identify_hexagram needs exactly 6 lines, got {len(lines)}")
     if [line.position for line in lines] != [1, 2, 3, 4, 5, 6]:
         raise ValueError(f"identify_hexagram needs one line for each position 1..6, got {[l.position for l in lines]}")
     bits = [str(line.bit) for line in lines]
