@@ -29,12 +29,21 @@ MARKED_FAILED = "MarkedFailed"
 
 
 class CallInfo:
-    """What a guarded function can learn about its own call (see :func:`current_call`)."""
+    """What a guarded function can learn about its own call (see :func:`current_call`).
 
-    __slots__ = ("target", "version", "arm", "config")
+    ``config`` is the config of the version serving the call: the arm's during a change;
+    before a target's first change, what its adapter holds (read when asked for), or
+    ``None`` without an adapter."""
 
-    def __init__(self, target: str, version: str | None, arm: str | None, config: dict | None) -> None:
-        self.target, self.version, self.arm, self.config = target, version, arm, config
+    __slots__ = ("target", "version", "arm", "_config", "_read")
+
+    def __init__(self, target: str, version: str | None, arm: str | None, config: dict | None,
+                 read: Callable[[], dict | None] | None = None) -> None:
+        self.target, self.version, self.arm, self._config, self._read = target, version, arm, config, read
+
+    @property
+    def config(self) -> dict | None:
+        return self._config if self._read is None else self._read()
 
     def __repr__(self) -> str:
         return f"CallInfo(target={self.target!r}, version={self.version!r}, arm={self.arm!r})"
@@ -44,8 +53,8 @@ _current: contextvars.ContextVar[CallInfo | None] = contextvars.ContextVar("sil_
 
 
 def current_call() -> CallInfo | None:
-    """Inside a guarded call of a versioned target: its target, version, arm and config
-    (the arm's config during a canary). ``None`` elsewhere."""
+    """Inside a guarded call: its target, version, arm and config (the arm's config during
+    a canary; before the target's first change, its adapter's config). ``None`` elsewhere."""
     return _current.get()
 
 
@@ -173,12 +182,13 @@ class CallHandle:
     quality score, ``call.latency_s`` to record a latency measured elsewhere. Read
     ``call.call_id`` (for later ``guard.feedback``), ``call.version``, ``call.arm`` and
     ``call.config``: the config of the version serving this call (during a canary, the
-    baseline's or the candidate's; ``None`` for a target without versions).
+    baseline's or the candidate's; before a target's first change, its adapter's config,
+    or ``None`` without an adapter).
     An exception inside the block is recorded and propagates unchanged.
     """
 
     __slots__ = ("guard", "target", "context", "success", "score", "latency_s", "call_id",
-                 "version", "arm", "config", "_route", "_token", "_ts", "_t0")
+                 "version", "arm", "_config", "_route", "_token", "_ts", "_t0")
 
     def __init__(self, guard: "Guard", target: str, context: Any = None, key: Any = None) -> None:
         self.guard = guard
@@ -189,8 +199,15 @@ class CallHandle:
         self.latency_s: float | None = None
         self.call_id = new_id()
         self._route, self._token = guard._start_call(target, key)
-        self.version, self.arm, self.config = self._route if self._route else (None, None, None)
+        self.version, self.arm, self._config = self._route if self._route else (None, None, None)
         self._ts = self._t0 = 0.0
+
+    @property
+    def config(self) -> dict | None:
+        """The config of the version serving this call (see :class:`CallInfo`)."""
+        if self._route is None:
+            return self.guard.adapter_config(self.target)
+        return self._config
 
     def __enter__(self) -> "CallHandle":
         self._ts, self._t0 = _now(), _perf()

@@ -24,11 +24,11 @@ from ._internal.failopen import fail_open, report
 from ._internal.ids import new_id
 from .adapters import ConfigAdapter, adapter_from_spec, merge_patch
 from .aggregates import BUCKET_S, Cell, merge
-from .detect import ConsecutiveFailures, Verdict, judge
+from .detect import TripwireState, Verdict, is_outage, judge
 from .detect.detector import p95_look
 from .errors import ConfigError
 from .policy import RolloutPolicy
-from .records import CallRecord
+from .records import CallRecord, Outcome
 from .rollout import IN_FLIGHT, Change, InvalidTransition, State, check_transition
 from .trail import append_event
 from .versions import get_version, put_version
@@ -63,39 +63,17 @@ class _View:
     """What the hot path needs about a target, cached for ``refresh_s``."""
 
     __slots__ = ("expires", "unversioned", "active", "active_config", "change_id", "state", "mode", "weight",
-                 "baseline", "baseline_config", "candidate", "candidate_config")
+                 "baseline", "baseline_config", "candidate", "candidate_config", "started", "policy", "target")
 
-    def __init__(self, expires: float) -> None:
+    def __init__(self, target: str, expires: float) -> None:
+        self.target = target
         self.expires = expires
         self.active = self.active_config = self.change_id = self.state = self.mode = None
         self.baseline = self.baseline_config = self.candidate = self.candidate_config = None
+        self.started = 0.0
+        self.policy: RolloutPolicy | None = None
         self.weight = 0.0
         self.unversioned = True
-
-
-class _Tripwire:
-    """Consecutive candidate failures over a change's first calls, standing down during an
-    outage that the baseline shares (see :meth:`ChangeManager.observe`)."""
-
-    __slots__ = ("run", "limit", "window", "candidate_calls", "base_calls", "base_failures")
-
-    def __init__(self, limit: int, window: int) -> None:
-        self.run, self.limit, self.window = ConsecutiveFailures(limit), limit, window
-        self.candidate_calls = self.base_calls = self.base_failures = 0
-
-    def observe(self, candidate: bool, success: bool) -> bool:
-        if not candidate:
-            self.base_calls += 1
-            self.base_failures += not success
-            return False
-        self.candidate_calls += 1
-        if self.candidate_calls > self.window:
-            return False
-        fired = self.run.observe(success)
-        if success:
-            self.base_calls = self.base_failures = 0  # a new failure run starts from here
-        outage = self.base_failures >= 2 and self.base_failures * 2 >= self.base_calls
-        return fired and not outage
 
 
 class ChangeManager:
@@ -107,10 +85,10 @@ class ChangeManager:
         self.refresh_s = refresh_s
         self.adapters: dict[str, ConfigAdapter] = {}
         self._views: dict[str, _View] = {}
-        self._tripwires: dict[str, _Tripwire] = {}
-        self._tripped: set[str] = set()
+        self._wires: dict[str, TripwireState] = {}  # change id -> the tripwire row as last seen
         self._p95_looks: dict[str, int] = {}
         self._watch: set[str] = set()  # targets with a change in flight, known to this worker
+        self._scan: tuple[float, bool] = (0.0, False)  # (valid until, found) of any_in_flight
         self._lock = threading.RLock()
 
     @property
@@ -136,7 +114,7 @@ class ChangeManager:
         return v.baseline, BASELINE, dict(v.baseline_config)
 
     def _refresh(self, target: str) -> _View:
-        view = _View(_mono() + self.refresh_s)
+        view = _View(target, _mono() + self.refresh_s)
         try:
             head = self._head(target)
             if head.get("active"):
@@ -146,6 +124,8 @@ class ChangeManager:
             if row is not None:
                 view.change_id, view.state, view.mode = row["id"], row["state"], row["mode"]
                 view.weight = row.get("weight", 0.0)
+                view.started = row.get("started", row["created"])
+                view.policy = RolloutPolicy.from_dict(row["policy"])
                 view.baseline, view.candidate = row["baseline_version"], row["candidate_version"]
                 view.baseline_config = get_version(self.store, target, view.baseline)
                 view.candidate_config = get_version(self.store, target, view.candidate)
@@ -154,6 +134,8 @@ class ChangeManager:
                         self._watch.add(target)
                     else:
                         self._watch.discard(target)
+                if row["state"] not in IN_FLIGHT:
+                    self._forget(row["id"])
         except Exception as exc:  # a broken store: keep serving what we knew (fail open)
             report("change.refresh", exc)
             old = self._views.get(target)
@@ -225,8 +207,17 @@ class ChangeManager:
         in_flight = self._change_row(head.get("change_id"))
         if in_flight is not None and in_flight["state"] in IN_FLIGHT:
             return self._reject(row, f"change {in_flight['id']} is still {in_flight['state']}; "
-                                     "one change in flight per target", store=False)
+                                     "one change in flight per target")
+        pin = head.get("pin")
+        if head.get("pinned") and pin:
+            return self._reject(row, f"{target!r} is pinned to {head.get('active')} by {pin.get('actor')}; "
+                                     "unpin it first")
         until = (head.get("blocked") or {}).get(row["patch_hash"])
+        if in_flight is not None and in_flight["state"] == State.ROLLED_BACK and \
+                in_flight.get("patch_hash") == row["patch_hash"]:
+            # the head's block may not be written yet: a rollback commits its row first
+            cooldown = RolloutPolicy.from_dict(in_flight["policy"]).cooldown_hours * 3600
+            until = max(until or 0.0, in_flight["updated"] + cooldown)
         if until is not None and until > now:
             return self._reject(row, f"this patch was rolled back; refused until {time.ctime(until)} (cooldown)")
         try:
@@ -270,11 +261,10 @@ class ChangeManager:
             return Change.from_row(row)
         return self._start(target, row["id"], actor)
 
-    def _reject(self, row: dict, reason: str, *, store: bool = True, rev: int | None = None) -> Change:
+    def _reject(self, row: dict, reason: str, *, rev: int | None = None) -> Change:
         row.update(state=State.REJECTED, reason=reason, updated=time.time())
-        if store:
-            with fail_open("change.reject"):
-                self.store.kv_put("change", row["id"], row, expect_rev=rev if rev is not None else 0)
+        with fail_open("change.reject"):  # kept, so that `sil changes` lists why it was refused
+            self.store.kv_put("change", row["id"], row, expect_rev=rev if rev is not None else 0)
         self._trail("change_rejected", row["target"], row["id"], row.get("actor"), reason=reason, patch=row["patch"])
         return Change.from_row(row)
 
@@ -308,7 +298,7 @@ class ChangeManager:
             row["weight"] = policy.ramp[0]
             row["snapshot_baseline"] = _cell_dump(cells.get((row["baseline_version"], BASELINE)))
         row["snapshot_candidate"] = _cell_dump(cells.get((row["candidate_version"], CANDIDATE)))
-        row.update(state=State.CANARY, updated=time.time())
+        row.update(state=State.CANARY, updated=time.time(), started=time.time())
         if self.store.kv_put("change", change_id, row, expect_rev=rev) is None:
             return Change.from_row(self.store.kv_get("change", change_id)[0])
         if row["mode"] == "switch":
@@ -335,8 +325,18 @@ class ChangeManager:
             frozen = window(None)
         return _cell_dump(frozen)
 
-    def _adapter_for(self, target: str, row: dict) -> ConfigAdapter | None:
-        return self.adapters.get(target) or self.guard.adapter or adapter_from_spec(row.get("adapter_spec"))
+    def _adapter_for(self, target: str, row: dict | None) -> ConfigAdapter | None:
+        return self.adapters.get(target) or self.guard.adapter or adapter_from_spec((row or {}).get("adapter_spec"))
+
+    def adapter_for(self, target: str) -> ConfigAdapter | None:
+        """The adapter this worker would act through (see ``Guard.adapter_for``)."""
+        found = self.adapters.get(target) or self.guard.adapter
+        if found is not None:
+            return found
+        for row in reversed(self.rows(target)):
+            if row.get("adapter_spec"):
+                return adapter_from_spec(row["adapter_spec"])
+        return None
 
     # -- evidence and judging -------------------------------------------------------------
     def evidence(self, row: dict) -> tuple[Cell, Cell]:
@@ -355,35 +355,119 @@ class ChangeManager:
         base, cand = self.evidence(row)
         return judge(base, cand, RolloutPolicy.from_dict(row["policy"]))
 
-    def observe(self, calls: list[CallRecord]) -> set[str]:
-        """Feed written records to the tripwires; returns targets worth judging now.
+    def observe(self, calls: list[CallRecord], judged: list[CallRecord] = ()) -> set[str]:
+        """Feed written records, and earlier canary calls that feedback judged since, to the
+        tripwires; returns targets worth judging now.
 
-        The tripwire watches a change's first ``min_calls`` candidate calls (seen by this
-        worker), before the statistical test has its minimum sample. It stands down when
-        the baseline fails as well while the candidate's failure run lasts: >= 2 baseline
-        failures, >= 50 % of the baseline calls since the run began (an outage, not the
-        change; ``benchmarks/detection.py`` measures both rules).
+        The tripwire (:class:`~sil_core.detect.TripwireState`, a row in the store shared by
+        every worker) watches a change's first ``min_calls`` candidate calls, before the
+        statistical test has its minimum sample, and fires on ``tripwire_consecutive``
+        failures in a row unless the baseline fails as well since the run began (an outage,
+        not the change; ``benchmarks/detection.py`` measures both rules).
         """
         with self._lock:
             watch = set(self._watch)
-        if not watch:
-            return set()
-        due = set()
+        due: set[str] = set()
+        fresh: dict[str, tuple[_View, list[CallRecord], list[CallRecord]]] = {}
         for r in calls:
             if r.target not in watch or r.arm is None or r.success is None:
                 continue
             due.add(r.target)
             v = self._views.get(r.target)
-            if v is None or v.change_id is None:
+            if r.arm == CANDIDATE and v is not None and _serves(v, r):
+                fresh.setdefault(v.change_id, (v, [], []))[1].append(r)
+        for r in judged:
+            if r.success is None:
                 continue
-            wire = self._tripwires.get(v.change_id)
-            if wire is None:
-                row = self._change_row(v.change_id)
-                policy = RolloutPolicy.from_dict(row["policy"]) if row else RolloutPolicy()
-                wire = self._tripwires[v.change_id] = _Tripwire(policy.tripwire_consecutive, policy.min_calls)
-            if wire.observe(r.arm == CANDIDATE, r.success):
-                self._tripped.add(v.change_id)
+            v = self.view(r.target)  # a worker that only took feedback may not know the change yet
+            if v.change_id is None or v.state not in (State.CANARY, State.PAUSED):
+                continue
+            due.add(r.target)
+            if r.arm == CANDIDATE and _serves(v, r):
+                fresh.setdefault(v.change_id, (v, [], []))[2].append(r)
+        for view, records, verdicts in fresh.values():
+            with fail_open("tripwire"):
+                self._trip(view, records, verdicts)
         return due
+
+    def _trip(self, view: _View, records: list[CallRecord], judged: list[CallRecord]) -> None:
+        """Add candidate calls to the change's tripwire row (compare-and-set), and fire it."""
+        cid = view.change_id
+        seen = self._wires.get(cid)
+        if seen is not None and (seen.fired or (not judged and seen.full()
+                                                and all(r.ts >= seen.calls[-1][0] for r in records))):
+            return  # fired already, or every new call is past the window: nothing to write
+        policy = view.policy or RolloutPolicy()
+        for _ in range(20):
+            got = self.store.kv_get("tripwire", cid)
+            if got is None:
+                state, rev = TripwireState(policy.tripwire_consecutive, policy.min_calls), 0
+            else:
+                state, rev = TripwireState.from_dict(got[0]), got[1]
+            if state.fired:
+                break
+            changed = False
+            for r in records:
+                changed |= state.add(r.ts, r.id, bool(r.success), judged=_judged_failed(r))
+            for r in judged:
+                changed |= state.add(r.ts, r.id, bool(r.success), judged=_judged_failed(r), override=True)
+            if not changed:
+                break
+            run = state.failure_run()
+            if run is not None:
+                first, last = run
+                since = state.calls[first - 1][0] if first > 0 else view.started
+                base_calls, base_failures = self._baseline_since(view, since)
+                if not is_outage(base_calls, base_failures):
+                    run_calls = state.calls[first:last + 1]
+                    state.fired = {"ts": time.time(), "by": self.worker_id, "calls": [e[1] for e in run_calls],
+                                   "judged_failed": sum(1 for e in run_calls if e[3]),
+                                   "baseline_since_run": {"calls": base_calls, "failures": base_failures}}
+            if self.store.kv_put("tripwire", cid, state.as_dict(), expect_rev=rev) is not None:
+                break
+        else:
+            return
+        self._wires[cid] = state
+
+    def _baseline_since(self, view: _View, since: float) -> tuple[int, int]:
+        """``(decided calls, failures)`` of the baseline arm since ``since`` (all workers)."""
+        if view.mode == "switch":
+            return 0, 0  # the baseline is a frozen window: it serves nothing now
+        rows = self.store.read_calls(view.target, since=since, version=view.baseline, limit=5000)
+        decided = [r.success for r in rows if r.arm == BASELINE and r.success is not None]
+        return len(decided), decided.count(False)
+
+    def any_in_flight(self) -> bool:
+        """Whether any target of the store has a change in flight (this worker's own view,
+        else a scan of the target heads, at most every few seconds): feedback on a call
+        served elsewhere is looked up in the store only then."""
+        with self._lock:
+            if self._watch:
+                return True
+        now = _mono()
+        if now < self._scan[0]:
+            return self._scan[1]
+        found = False
+        for _, head, _ in self.store.kv_list("head"):
+            row = self._change_row(head.get("change_id"))
+            if row is not None and row["state"] in IN_FLIGHT:
+                found = True
+                break
+        self._scan = (now + max(self.refresh_s, 5.0), found)
+        return found
+
+    def _tripwire_fired(self, change_id: str) -> dict | None:
+        """The evidence of the change's tripwire if it fired (in any worker)."""
+        seen = self._wires.get(change_id)
+        if seen is not None and seen.fired:
+            return seen.fired
+        got = self.store.kv_get("tripwire", change_id)
+        return got[0].get("fired") if got else None
+
+    def _forget(self, change_id: str) -> None:
+        """Drop what this worker kept about a change that ended."""
+        self._p95_looks.pop(change_id, None)
+        self._wires.pop(change_id, None)
 
     def evaluate(self, target: str) -> Verdict | None:
         """Judge the target's change in flight and act on the verdict (one worker acts)."""
@@ -415,11 +499,13 @@ class ChangeManager:
             self._p95_looks[cid] = look
         verdict = judge(base, cand, policy, check_p95=check_p95)
         n_b = cand.successes + cand.failures
-        if cid in self._tripped:
-            self._tripped.discard(cid)
-            if verdict.kind != Verdict.REGRESSED:
-                verdict = Verdict(Verdict.REGRESSED, f"{policy.tripwire_consecutive} consecutive candidate failures "
-                                  f"(tripwire, before the minimum sample)", "tripwire", verdict.evidence)
+        fired = self._tripwire_fired(cid) if verdict.kind != Verdict.REGRESSED else None
+        if fired:
+            later = fired.get("judged_failed") or 0
+            verdict = Verdict(Verdict.REGRESSED, f"{policy.tripwire_consecutive} consecutive candidate failures "
+                              f"(tripwire, before the minimum sample"
+                              + (f"; {later} judged failed after they returned" if later else "") + ")",
+                              "tripwire", {**verdict.evidence, "tripwire": fired})
         last_step = row["mode"] == "switch" or row.get("step", 0) >= len(policy.ramp) - 1
         decided = None
         if verdict.kind == Verdict.REGRESSED:
@@ -531,6 +617,7 @@ class ChangeManager:
             self._update_head(target, unblock)
             with self._lock:
                 self._watch.discard(target)
+            self._forget(row["id"])
             self._trail("rollback_succeeded", target, row["id"], actor, restored_version=row["baseline_version"],
                         mode=row["mode"], restore_attempts=row.get("restore", {}).get("attempts", 0))
             self._notify("rollback_succeeded", target,
@@ -576,6 +663,7 @@ class ChangeManager:
         self._update_head(target, lambda h: h.update(active=row["candidate_version"]))
         with self._lock:
             self._watch.discard(target)
+        self._forget(row["id"])
         self._trail("promoted", target, row["id"], actor, verdict=verdict_dict, version=row["candidate_version"])
         self._notify("promoted", target, f"{target}: promoted {row['candidate_version']}"
                      + (f" ({verdict.reason})" if verdict else ""), change_id=row["id"])
@@ -611,6 +699,8 @@ class ChangeManager:
         return self.store.kv_put("change", row["id"], row, expect_rev=rev) is not None
 
     def pin(self, target: str, version: str, *, adapter: ConfigAdapter | None, actor: str) -> None:
+        """Serve ``version`` (restored through the adapter, if any) and hold it: proposals
+        are refused until :meth:`unpin`."""
         row = self.latest_row(target)
         if row is not None and row["state"] in IN_FLIGHT:
             raise InvalidTransition(f"{target!r} has change {row['id']} in flight; promote or roll it back first")
@@ -620,8 +710,88 @@ class ChangeManager:
         adapter = adapter or self.adapters.get(target) or self.guard.adapter
         if adapter is not None:
             adapter.rollback_config(agent_id=target, backup_config=copy.deepcopy(config))
-        self._update_head(target, lambda h: h.update(active=version, pinned=True))
+        pin = {"actor": actor, "ts": time.time()}
+        self._update_head(target, lambda h: h.update(active=version, pinned=True, pin=pin))
         self._trail("pinned", target, None, actor, version=version, through_adapter=adapter is not None)
+
+    def unpin(self, target: str, *, actor: str) -> bool:
+        """Let changes be proposed again; ``False`` if the target was not pinned."""
+        was = []
+
+        def clear(h: dict) -> None:
+            was[:] = [bool(h.get("pinned"))]
+            h["pinned"] = False
+            h.pop("pin", None)
+
+        self._update_head(target, clear)
+        if was and was[0]:
+            self._trail("unpinned", target, None, actor)
+        return bool(was and was[0])
+
+    def revert(self, target: str, to: str | None, *, adapter: ConfigAdapter | None, actor: str) -> Change:
+        """Restore an earlier version through the adapter, recorded as a change of its own
+        (promoted at once: a person chose it). ``to`` defaults to the version the last
+        promoted change replaced, whose patch is then refused for its cooldown."""
+        head = self._head(target)
+        latest = self._change_row(head.get("change_id"))
+        if latest is not None and latest["state"] in IN_FLIGHT:
+            raise InvalidTransition(f"{target!r} has change {latest['id']} {latest['state']}; roll it back instead")
+        undone = None
+        if to is None:
+            promoted = [c for c in self.rows(target) if c["state"] == State.PROMOTED and c.get("kind") != "revert"]
+            if not promoted:
+                raise InvalidTransition(f"{target!r} has no promoted change to revert; name a version with --to")
+            undone = promoted[-1]
+            to = undone["baseline_version"]
+        config = get_version(self.store, target, to)
+        if config is None:
+            raise ConfigError(f"{target!r} has no version {to!r}")
+        current = head.get("active") or ""
+        if to == current:
+            raise InvalidTransition(f"{target!r} already serves {to}")
+        adapter = adapter or self.adapter_for(target)
+        if adapter is None:
+            raise ConfigError(f"reverting {target!r} restores a config through its ConfigAdapter, and none is "
+                              "available here: revert where the adapter lives (guard.revert), or use an adapter "
+                              "that can be rebuilt from the store")
+        now = time.time()
+        row: dict[str, Any] = {
+            "id": new_id(), "target": target, "kind": "revert", "state": State.PROMOTED, "mode": "switch",
+            "patch": copy.deepcopy(config), "patch_hash": patch_hash(config), "policy": self.guard.policy.as_dict(),
+            "created": now, "updated": now, "started": now, "actor": actor, "weight": 1.0, "step": 0,
+            "baseline_version": current, "candidate_version": to, "metadata": {}, "reason": f"reverted to {to} by {actor}",
+        }
+        try:
+            before = adapter.get_config(agent_id=target)
+            row["backup"] = copy.deepcopy(before) if isinstance(before, dict) else None
+            adapter.rollback_config(agent_id=target, backup_config=copy.deepcopy(config))
+            restored = adapter.get_config(agent_id=target)
+            error = None if restored == config else "after rollback_config the adapter reports a different config"
+        except Exception as exc:
+            error = repr(exc)
+        if error is not None:
+            self._trail("adapter_error", target, row["id"], actor, stage="revert", error=error)
+            row["reason"] = f"revert to {to} failed: {error}"
+            return self._reject(row, row["reason"])
+        self.store.kv_put("change", row["id"], row, expect_rev=0)
+
+        def point(h: dict) -> None:
+            h.update(active=to, change_id=row["id"])
+            if undone is not None:
+                cooldown = RolloutPolicy.from_dict(undone["policy"]).cooldown_hours * 3600
+                h.setdefault("blocked", {})[undone["patch_hash"]] = now + cooldown
+
+        self._update_head(target, point)
+        self._trail("reverted", target, row["id"], actor, from_version=current, to_version=to,
+                    undone_change=undone["id"] if undone else None)
+        self._notify("reverted", target, f"{target}: reverted from {current or '-'} to {to} by {actor}",
+                     change_id=row["id"])
+        return Change.from_row(row)
+
+    def rows(self, target: str | None = None) -> list[dict]:
+        """Every stored change row (one target's, or all), oldest first."""
+        rows = [v for _, v, _ in self.store.kv_list("change") if target is None or v.get("target") == target]
+        return sorted(rows, key=lambda r: r.get("created", 0))
 
     def _tell_strategy(self, row: dict, verdict: Verdict | None) -> None:
         strategy = self.guard.strategy
@@ -640,6 +810,17 @@ class ChangeManager:
         for target in targets:
             with fail_open("change.tick"):
                 self.evaluate(target)
+
+
+def _judged_failed(record: CallRecord) -> bool:
+    """A call that returned normally and was failed by a later verdict (feedback, a check)."""
+    return record.outcome == Outcome.OK and record.success is False
+
+
+def _serves(view: _View, record: CallRecord) -> bool:
+    """Whether a candidate record was served by the view's change (not an earlier change
+    with the same candidate version; a few seconds of clock skew between hosts allowed)."""
+    return record.version == view.candidate and record.ts >= view.started - 5.0
 
 
 def _cell_dump(cell: Cell | None) -> list | None:

@@ -5,16 +5,31 @@ One object in three forms: a decorator (``@guard.track``), a context manager
 ``guard.record(...)`` for imports and replays. Results and exceptions pass through
 unchanged; recording is write-behind and fails open. Config changes go through
 ``guard.propose(...)`` and are judged and acted on in the background (see ``changes.py``).
+
+Every process that ends normally writes what its guards queued and waits for the
+judging they started, within ``exit_timeout``: at interpreter exit, in ``multiprocessing``
+children (which skip ``atexit``) and on SIGTERM (see ``_internal/exits.py``).
+
+The control plane (``stats``, ``change``, ``propose``, ``promote``, ``rollback``, ``flush``,
+``drain``, ``close``, ...) blocks the calling thread on the store; each has an async twin
+(``astats``, ``achange``, ...) that runs the same method on a small thread pool of the
+guard's own, so a coroutine never freezes its event loop.
 """
 
 from __future__ import annotations
 
-import atexit
+import asyncio
+import contextvars
+import functools
+import logging
+import threading
 import time
-import weakref
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, TypeVar
 
+from ._internal import exits
 from ._internal.failopen import fail_open, report
 from ._internal.ids import new_id
 from ._internal.jsonsafe import error_message
@@ -30,8 +45,9 @@ from .notify import Notifier
 from .outcomes import classify_exception
 from .policy import RolloutPolicy
 from .records import CallRecord, Feedback, Outcome
-from .rollout import Change
+from .rollout import IN_FLIGHT, Change, State
 from .store import Store, open_store
+from .store.memory import apply_feedback
 from .strategies import run_strategy
 from .thresholds import AdaptiveThreshold
 from .trail import TrailReport, append_event, verify_trail
@@ -42,9 +58,31 @@ __all__ = ("Guard",)
 F = TypeVar("F", bound=Callable[..., Any])
 _now = time.time
 _mono = time.monotonic
+_log = logging.getLogger("sil_core")
 #: consecutive failures that trigger whatever the window's failure rate (an outage)
 OUTAGE_RUN = 5
 _OK, _ERROR = Outcome.OK, Outcome.ERROR
+#: canary records remembered per guard, so that feedback finds its call's arm without a read
+_RECENT_MAX = 10_000
+#: threads of a guard's pool for the async control plane
+_CONTROL_THREADS = 4
+
+
+def _slim(r: CallRecord) -> tuple:
+    """What a remembered canary call needs to meet its feedback (cheaper than a record)."""
+    return r.target, r.ts, r.outcome, r.version, r.arm, r.feedback_success
+
+
+def _unslim(call_id: str, slim: tuple) -> CallRecord:
+    target, ts, outcome, version, arm, feedback_success = slim
+    return CallRecord(call_id, target, ts, 0.0, outcome, version=version, arm=arm, feedback_success=feedback_success)
+
+
+def _after_fork(guard: "Guard") -> None:
+    """A forked child starts without the parent's pending jobs and thread pool."""
+    guard._pending_eval = set()
+    guard._control = None
+    guard._control_lock = threading.Lock()
 
 
 def _to_epoch(since: datetime | timedelta | float | None) -> float | None:
@@ -82,6 +120,12 @@ class Guard:
             they may overshoot it by what they record in that time).
         refresh_interval: seconds a worker serves a target's cached version before
             re-reading it from the store (how fast other workers' moves are seen).
+        exit_timeout: how long the end of a process may wait for this guard to write
+            what it queued and finish the judging it started (a store that is down must
+            not hang the exit); what is left is dropped and said on the ``sil_core`` logger.
+        handle_sigterm: on SIGTERM, write what is queued before the process dies (a
+            handler set only from the main thread: it chains to a framework's own handler,
+            or replaces the default action and then dies of the signal as before).
 
     Example:
         >>> guard = Guard("memory://")
@@ -110,6 +154,8 @@ class Guard:
         max_pending: int = 100_000,
         refresh_interval: float = 0.5,
         strategy_inline: bool = False,
+        exit_timeout: float = 5.0,
+        handle_sigterm: bool = True,
     ) -> None:
         if durability not in ("batched", "sync"):
             raise ConfigError(f"durability must be 'batched' or 'sync', not {durability!r}")
@@ -140,9 +186,13 @@ class Guard:
         self._last_tick = 0.0
         self._sync = durability == "sync"
         self._enqueue = self._writer.put_durable if self._sync else self._writer.put
+        self._recent: OrderedDict[str, tuple] = OrderedDict()  # canary records (_slim), for feedback
+        self._plain_info: dict[str, CallInfo] = {}  # per target: the CallInfo of an unversioned call
+        self._control: ThreadPoolExecutor | None = None
+        self._control_lock = threading.Lock()
+        self.exit_timeout = exit_timeout
         self._closed = False
-        ref = weakref.ref(self)
-        atexit.register(lambda: (g := ref()) is not None and g.close(timeout=5.0))
+        exits.track(self, handle_sigterm=handle_sigterm, after_fork=_after_fork)
 
     # -- the three forms -----------------------------------------------------------------
     def track(self, target: str | Callable | None = None, *, success: Callable[[Any], Any] | None = None,
@@ -203,7 +253,9 @@ class Guard:
     def stats(self, target: str, *, version: str | None = None, since: datetime | timedelta | float | None = None) -> Stats:
         """Statistics of a target (all versions unless ``version``), including every call
         recorded so far; ``since`` (datetime, timedelta ago, or epoch seconds) resolves to
-        the start of its hour. Cost does not depend on history length."""
+        the start of its hour. Cost does not depend on history length.
+
+        Blocks on the store (a flush, then a read); use :meth:`astats` in a coroutine."""
         self.flush()
         return self.store.stats(target, version=version, since=_to_epoch(since))
 
@@ -216,20 +268,50 @@ class Guard:
         ``mode="canary"`` serves baseline and candidate side by side (read the arm's config
         from ``guard.call(...).config`` or :func:`current_call`); ``mode="switch"`` applies
         the patch globally through the adapter and compares with a frozen baseline window.
-        A target has at most one change in flight: a proposal meanwhile is ``rejected``.
-        ``approve=False`` leaves it ``proposed`` until :meth:`approve`. ``metadata`` (why
-        it was proposed) goes to the trail's ``change_proposed`` event, not to the config.
+        A target has at most one change in flight: a proposal meanwhile is ``rejected``, as
+        is one for a pinned target. ``approve=False`` leaves it ``proposed`` until
+        :meth:`approve`. ``metadata`` (why it was proposed) goes to the trail's
+        ``change_proposed`` event, not to the config.
+
+        Blocks on the store and the adapter; use :meth:`apropose` in a coroutine.
         """
         self.flush()  # the baseline's evidence includes every call made before the proposal
         return self._changes.propose(target, patch, adapter=adapter, mode=mode or self.mode, policy=policy,
                                      actor=actor, approve=approve, metadata=metadata)
 
     def change(self, target: str) -> Change | None:
-        """The target's latest change, in flight or finished, with its latest verdict."""
+        """The target's latest change, in flight or finished, with its latest verdict.
+
+        Blocks on the store; use :meth:`achange` in a coroutine."""
         self.flush()
         row = self._changes.latest_row(target)
-        if row is None:
+        return None if row is None else self._typed(row)
+
+    def changes(self, target: str | None = None) -> list[Change]:
+        """Every change (one target's, or all), oldest first, rejected proposals included.
+
+        Blocks on the store; use :meth:`achanges` in a coroutine."""
+        return [self._typed(row) for row in self._changes.rows(target)]
+
+    def arms(self, target: str) -> dict[str, Stats] | None:
+        """``{"baseline": Stats, "candidate": Stats}`` of the target's change in flight: the
+        calls each arm served since the change started (what its verdict is judged on);
+        ``None`` without a change in flight. Blocks on the store."""
+        self.flush()
+        row = self._changes.latest_row(target)
+        if row is None or row["state"] not in IN_FLIGHT or row["state"] == State.PROPOSED:
             return None
+        base, cand = self._changes.evidence(row)
+        return {"baseline": Stats.from_cell(target, base), "candidate": Stats.from_cell(target, cand)}
+
+    def adapter_for(self, target: str) -> ConfigAdapter | None:
+        """The :class:`ConfigAdapter` this guard acts through for ``target``: the one its
+        latest proposal gave, else ``Guard(adapter=...)``, else one rebuilt from the spec
+        its latest change stored (``JsonFileConfigAdapter``, Hermes skills); ``None`` when
+        there is none in this process. Blocks on the store."""
+        return self._changes.adapter_for(target)
+
+    def _typed(self, row: dict) -> Change:
         verdict = None
         if row["state"] == "canary" or (row["state"] == "paused" and not row.get("verdict")):
             with fail_open("change.verdict"):
@@ -237,32 +319,71 @@ class Guard:
         return Change.from_row(row, verdict)
 
     def evaluate(self, target: str) -> Verdict | None:
-        """Judge the target's change now, on this thread, and act on the verdict."""
+        """Judge the target's change now, on this thread, and act on the verdict.
+
+        Blocks on the store and the adapter; use :meth:`aevaluate` in a coroutine."""
         self.flush()
         return self._changes.evaluate(target)
 
     def approve(self, target: str, *, actor: str = "api") -> Change:
-        """Start a change that waits for approval."""
+        """Start a change that waits for approval.
+
+        Blocks on the store and the adapter; use :meth:`aapprove` in a coroutine."""
         return self._changes.approve(target, actor)
 
     def promote(self, target: str, *, actor: str = "api") -> bool:
-        """Promote the change in flight now."""
+        """Promote the change in flight now.
+
+        Blocks on the store and the adapter; use :meth:`apromote` in a coroutine."""
         return self._changes.promote(target, Verdict(Verdict.HEALTHY, f"promoted by {actor}", "manual"), actor=actor)
 
     def rollback(self, target: str, *, actor: str = "api") -> bool:
-        """Roll the change in flight back now (idempotent: ``False`` if there is none)."""
+        """Roll the change in flight back now (idempotent: ``False`` if there is none). A
+        change already promoted is undone with :meth:`revert`.
+
+        Blocks on the store and the adapter; use :meth:`arollback` in a coroutine."""
         return self._changes.rollback(target, Verdict(Verdict.REGRESSED, f"rolled back by {actor}", "manual"), actor=actor)
 
+    def request(self, target: str, action: str, *, actor: str = "api") -> bool:
+        """Ask the workers that hold the target's adapter to ``"promote"`` or ``"rollback"``
+        its change in flight (for a process that cannot rebuild the adapter, e.g. the CLI);
+        a worker acts within about a second. Blocks on the store."""
+        if action not in ("promote", "rollback"):
+            raise ConfigError(f"action must be 'promote' or 'rollback', not {action!r}")
+        return self._changes.request(target, action, actor)
+
     def pause(self, target: str, *, actor: str = "api") -> bool:
-        """Stop ramping and acting on the change in flight (it keeps being served)."""
+        """Stop ramping and acting on the change in flight (it keeps being served).
+
+        Blocks on the store; use :meth:`apause` in a coroutine."""
         return self._changes.set_paused(target, True, actor=actor)
 
     def resume(self, target: str, *, actor: str = "api") -> bool:
+        """Resume a paused change. Blocks on the store; use :meth:`aresume` in a coroutine."""
         return self._changes.set_paused(target, False, actor=actor)
 
     def pin(self, target: str, version: str, *, adapter: ConfigAdapter | None = None, actor: str = "api") -> None:
-        """Make ``version`` the active version (restored through the adapter if any)."""
+        """Make ``version`` the active version (restored through the adapter if any) and
+        hold it: proposals are refused until :meth:`unpin`.
+
+        Blocks on the store and the adapter; use :meth:`apin` in a coroutine."""
         self._changes.pin(target, version, adapter=adapter, actor=actor)
+
+    def unpin(self, target: str, *, actor: str = "api") -> bool:
+        """Let changes of a pinned target be proposed again (``False`` if it was not pinned).
+
+        Blocks on the store; use :meth:`aunpin` in a coroutine."""
+        return self._changes.unpin(target, actor=actor)
+
+    def revert(self, target: str, *, to: str | None = None, adapter: ConfigAdapter | None = None,
+               actor: str = "api") -> Change:
+        """Restore an earlier version through the adapter, as a new change recorded in the
+        trail: by default the version the last promoted change replaced (whose patch is
+        then refused for its cooldown), else ``to``. Raises :class:`ConfigError` when no
+        adapter is available, :class:`InvalidTransition` while a change is in flight.
+
+        Blocks on the store and the adapter; use :meth:`arevert` in a coroutine."""
+        return self._changes.revert(target, to, adapter=adapter, actor=actor)
 
     def route(self, target: str, *, key: Any = None) -> tuple[str | None, str | None, dict | None]:
         """``(version, arm, config)`` that serves a call of ``target`` now: the active
@@ -272,44 +393,199 @@ class Guard:
         return self._changes.route(target, key)
 
     def versions(self, target: str) -> list[dict]:
-        """Every stored config version of a target, oldest first."""
+        """Every stored config version of a target, oldest first.
+
+        Blocks on the store; use :meth:`aversions` in a coroutine."""
         return list_versions(self.store, target)
 
     def trail(self, target: str | None = None) -> list[dict]:
-        """The trail's events (one target's, or all), oldest first."""
+        """The trail's events (one target's, or all), oldest first.
+
+        Blocks on the store; use :meth:`atrail` in a coroutine."""
         return self.store.trail_read(target=target)
 
     def verify_trail(self) -> TrailReport:
-        """Check the trail's hash chain (see :func:`sil_core.verify_trail`)."""
+        """Check the trail's hash chain (see :func:`sil_core.verify_trail`).
+
+        Blocks on the store; use :meth:`averify_trail` in a coroutine."""
         return verify_trail(self.store)
 
     # -- lifecycle -----------------------------------------------------------------------
     def flush(self, timeout: float | None = 30.0) -> bool:
-        """Write every queued record now; ``True`` if all of it is committed."""
+        """Write every queued record now; ``True`` if all of it is committed.
+
+        Blocks until the store took the batch (at most ``timeout``); use :meth:`aflush`
+        in a coroutine."""
         return self._writer.flush(timeout)
 
     def drain(self, timeout: float | None = 30.0) -> bool:
-        """Flush, then wait until background judging, strategies and notifiers are done."""
+        """Flush, then wait until background judging, strategies and notifiers are done.
+
+        Blocks (at most about ``timeout`` per stage); use :meth:`adrain` in a coroutine."""
         ok = self.flush(timeout)
         return self._decide.drain(timeout) and self._events.drain(timeout) and ok
 
     def close(self, timeout: float | None = 30.0) -> None:
-        """Flush, stop the background threads and close a store this guard opened."""
+        """Write what is queued, wait for the judging and notifiers already started, stop
+        the background threads and close a store this guard opened, all within ``timeout``.
+
+        What could not be finished in time (a store that is down or locked) is dropped and
+        said once on the ``sil_core`` logger. Blocks; use :meth:`aclose` in a coroutine."""
         if self._closed:
             return
         self._closed = True
+        exits.forget(self)
+        deadline = None if timeout is None else _mono() + timeout
+
+        def left() -> float | None:
+            return None if deadline is None else max(0.0, deadline - _mono())
+
         with fail_open("guard.close"):
-            self._writer.close(timeout)
-            self._decide.close(timeout)
-            self._events.close(timeout)
+            flushed = self._writer.flush(left())
+            judged = self._decide.drain(left())
+            notified = self._events.drain(left())
+            flushed = self._writer.close(left() if flushed else 0.0) and flushed
+            self._decide.close(0.0)
+            self._events.close(0.0)
+            self._report_close(timeout, flushed, judged, notified)
+            if self._control is not None:
+                self._control.shutdown(wait=False)
             if self._owns_store:
-                self.store.close()
+                if flushed and judged:
+                    self.store.close()
+                # else a background thread may still be inside the store: the process exit frees it
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def write_through(self, timeout: float | None = 5.0) -> bool:
+        """Write what is queued now and, from here on, return from each call only once its
+        record is committed (``durability="sync"``). Used when a graceful shutdown begins
+        (SIGTERM under uvicorn or gunicorn), so that nothing is left queued when the
+        process dies. Blocks."""
+        self._sync = True
+        self._enqueue = self._writer.put_durable
+        self._writer.hurry()  # records queued without waiting (a LangGraph fast lane) go out at once
+        return self._writer.flush(timeout)
+
+    def _report_close(self, timeout: float | None, flushed: bool, judged: bool, notified: bool) -> None:
+        writer = self._writer
+        lost = []
+        if not flushed:
+            why = f" (last error: {writer.last_error!r})" if writer.last_error is not None else ""
+            lost.append(f"{writer.abandoned} records not written to the store{why}")
+        if writer.dropped:
+            lost.append(f"{writer.dropped} records dropped earlier while more than max_pending were waiting")
+        if not judged:
+            lost.append(f"{self._decide.unfinished} judging jobs not finished")
+        if not notified:
+            lost.append(f"{self._events.unfinished} notifications not sent")
+        if lost:
+            _log.warning("sil-guard: closing the guard of %r within %s s: %s", self.store,
+                         "no limit of" if timeout is None else f"{timeout:.3g}", "; ".join(lost))
 
     def __enter__(self) -> "Guard":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # -- the async control plane: the same methods, off the event loop ----------------------
+    async def _off_loop(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run a blocking control-plane call on this guard's pool; the loop keeps running."""
+        with self._control_lock:
+            if self._control is None:
+                self._control = ThreadPoolExecutor(_CONTROL_THREADS, thread_name_prefix="sil-control")
+            pool = self._control
+        call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(pool, call)
+
+    async def aflush(self, timeout: float | None = 30.0) -> bool:
+        """Async twin of :meth:`flush`: awaits the batch without a thread of its own."""
+        return await self._writer.aflush(timeout)
+
+    async def adrain(self, timeout: float | None = 30.0) -> bool:
+        """Async twin of :meth:`drain`."""
+        return await self._off_loop(self.drain, timeout)
+
+    async def aclose(self, timeout: float | None = 30.0) -> None:
+        """Async twin of :meth:`close`."""
+        await self._off_loop(self.close, timeout)
+
+    async def __aenter__(self) -> "Guard":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def astats(self, target: str, **kwargs: Any) -> Stats:
+        """Async twin of :meth:`stats`."""
+        return await self._off_loop(self.stats, target, **kwargs)
+
+    async def achange(self, target: str) -> Change | None:
+        """Async twin of :meth:`change`."""
+        return await self._off_loop(self.change, target)
+
+    async def aevaluate(self, target: str) -> Verdict | None:
+        """Async twin of :meth:`evaluate`."""
+        return await self._off_loop(self.evaluate, target)
+
+    async def apropose(self, target: str, patch: dict, **kwargs: Any) -> Change:
+        """Async twin of :meth:`propose`."""
+        return await self._off_loop(self.propose, target, patch, **kwargs)
+
+    async def aapprove(self, target: str, **kwargs: Any) -> Change:
+        """Async twin of :meth:`approve`."""
+        return await self._off_loop(self.approve, target, **kwargs)
+
+    async def apromote(self, target: str, **kwargs: Any) -> bool:
+        """Async twin of :meth:`promote`."""
+        return await self._off_loop(self.promote, target, **kwargs)
+
+    async def arollback(self, target: str, **kwargs: Any) -> bool:
+        """Async twin of :meth:`rollback`."""
+        return await self._off_loop(self.rollback, target, **kwargs)
+
+    async def apause(self, target: str, **kwargs: Any) -> bool:
+        """Async twin of :meth:`pause`."""
+        return await self._off_loop(self.pause, target, **kwargs)
+
+    async def aresume(self, target: str, **kwargs: Any) -> bool:
+        """Async twin of :meth:`resume`."""
+        return await self._off_loop(self.resume, target, **kwargs)
+
+    async def apin(self, target: str, version: str, **kwargs: Any) -> None:
+        """Async twin of :meth:`pin`."""
+        return await self._off_loop(self.pin, target, version, **kwargs)
+
+    async def aunpin(self, target: str, **kwargs: Any) -> bool:
+        """Async twin of :meth:`unpin`."""
+        return await self._off_loop(self.unpin, target, **kwargs)
+
+    async def arevert(self, target: str, **kwargs: Any) -> Change:
+        """Async twin of :meth:`revert`."""
+        return await self._off_loop(self.revert, target, **kwargs)
+
+    async def achanges(self, target: str | None = None) -> list[Change]:
+        """Async twin of :meth:`changes`."""
+        return await self._off_loop(self.changes, target)
+
+    async def arequest(self, target: str, action: str, **kwargs: Any) -> bool:
+        """Async twin of :meth:`request`."""
+        return await self._off_loop(self.request, target, action, **kwargs)
+
+    async def aversions(self, target: str) -> list[dict]:
+        """Async twin of :meth:`versions`."""
+        return await self._off_loop(self.versions, target)
+
+    async def atrail(self, target: str | None = None) -> list[dict]:
+        """Async twin of :meth:`trail`."""
+        return await self._off_loop(self.trail, target)
+
+    async def averify_trail(self) -> TrailReport:
+        """Async twin of :meth:`verify_trail`."""
+        return await self._off_loop(self.verify_trail)
 
     def on_trigger(self, listener: Callable[[dict], None]) -> None:
         """Call ``listener(event)`` (on a background thread) when a target's failures
@@ -327,14 +603,33 @@ class Guard:
         try:
             view = self._views.get(target)
             if view is not None and view.unversioned and _mono() <= view.expires:
-                return None, None  # the common case: a target without versions
+                return None, _current.set(self._plain_info.get(target) or self._plain(target))  # the common case
             route = self._changes.route(target, key)
             if route[0] is None:
-                return None, None
+                return None, _current.set(self._plain_info.get(target) or self._plain(target))
             return route, _current.set(CallInfo(target, *route))
         except Exception as exc:
             report("guard.route", exc)
             return None, None
+
+    def _plain(self, target: str) -> CallInfo:
+        """The CallInfo of a call of a target without versions: its config is what the
+        target's adapter holds, read when asked for (``None`` without an adapter)."""
+        info = self._plain_info[target] = CallInfo(target, None, None, None, read=lambda: self.adapter_config(target))
+        return info
+
+    def adapter_config(self, target: str) -> dict | None:
+        """The config the target's adapter holds now (``None`` without an adapter, or when
+        it fails): what a target serves before its first change."""
+        adapter = self._changes.adapters.get(target) or self.adapter
+        if adapter is None:
+            return None
+        try:
+            config = adapter.get_config(agent_id=target)
+        except Exception as exc:
+            report("adapter.get_config", exc)
+            return None
+        return config if isinstance(config, dict) else None
 
     def _finish(self, target: str, ts: float, duration: float, exc: BaseException | None, ok: Any,
                 route: tuple | None, token: Any, call_id: str | None = None, context: Any = None,
@@ -378,7 +673,17 @@ class Guard:
             report("guard.record", exc)
 
     # -- internals: after a batch is written (flusher thread) -----------------------------
-    def _after_write(self, calls: list[CallRecord]) -> None:
+    def _after_write(self, calls: list[CallRecord], feedback: list[Feedback]) -> None:
+        if feedback:
+            calls, judged = self._judged(calls, feedback)
+        else:
+            judged = []
+        recent = self._recent
+        for r in calls:
+            if r.arm is not None:
+                recent[r.id] = _slim(r)
+        while len(recent) > _RECENT_MAX:
+            recent.popitem(last=False)
         failing = set()
         runs = self._failure_runs
         for r in calls:
@@ -392,8 +697,35 @@ class Guard:
             with fail_open("trigger.check"):
                 self._check_trigger(target)
         with fail_open("change.observe"):
-            for target in self._changes.observe(calls):
+            for target in self._changes.observe(calls, judged):
                 self._schedule_evaluation(target)
+
+    def _judged(self, calls: list[CallRecord], feedback: list[Feedback]) -> tuple[list[CallRecord], list[CallRecord]]:
+        """The batch's calls with the batch's own feedback applied, and the earlier canary
+        calls its other feedback judged (as they now stand), so that a verdict given later
+        (a thumbs-down, a check node) reaches the tripwire of the arm that served the call."""
+        batch = {r.id: r for r in calls}
+        judged: dict[str, CallRecord] = {}
+        lookup: bool | None = None  # whether a call served elsewhere is worth a read
+        for fb in feedback:
+            record = batch.get(fb.call_id)
+            if record is not None:
+                batch[fb.call_id] = apply_feedback(record, fb)
+                continue
+            record = judged.get(fb.call_id)
+            if record is None and fb.call_id in self._recent:
+                record = _unslim(fb.call_id, self._recent[fb.call_id])
+            if record is None:
+                with fail_open("feedback.lookup"):
+                    if lookup is None:
+                        lookup = self._changes.any_in_flight()
+                    if lookup:
+                        record = self.store.get_call(fb.call_id)  # served by another process
+            if record is None or record.arm is None:
+                continue  # unknown, or not served during a change: nothing to tell a tripwire
+            judged[fb.call_id] = record = apply_feedback(record, fb)
+            self._recent[fb.call_id] = _slim(record)
+        return list(batch.values()), list(judged.values())
 
     def _schedule_evaluation(self, target: str) -> None:
         if target in self._pending_eval:

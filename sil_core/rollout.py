@@ -79,6 +79,8 @@ class Change:
     policy: dict[str, Any] = field(default_factory=dict)
     actor: str = ""
     restore_attempts: int = 0
+    #: ``"change"`` (a proposal judged under guard) or ``"revert"`` (a person restored a version)
+    kind: str = "change"
 
     @property
     def in_flight(self) -> bool:
@@ -92,5 +94,5 @@ class Change:
             weight=row.get("weight", 0.0), created=row["created"], updated=row["updated"],
             reason=row.get("reason", ""), verdict=verdict or Verdict.from_dict(row.get("verdict")),
             policy=row.get("policy", {}), actor=row.get("actor", ""),
-            restore_attempts=row.get("restore", {}).get("attempts", 0),
+            restore_attempts=row.get("restore", {}).get("attempts", 0), kind=row.get("kind", "change"),
         )

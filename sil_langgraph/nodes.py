@@ -352,6 +352,5 @@ def _adapter_config() -> Optional[dict]:
     guard = entry[0]() if entry else None
     if guard is None:
         return None
-    target = entry[1]
-    adapter = guard._changes.adapters.get(target) or guard.adapter
-    return None if adapter is None else dict(adapter.get_config(agent_id=target))
+    config = guard.adapter_config(entry[1])
+    return None if config is None else dict(config)

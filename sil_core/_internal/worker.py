@@ -5,9 +5,12 @@ from __future__ import annotations
 import collections
 import os
 import threading
+import weakref
 from typing import Any, Callable
 
 from .failopen import report
+
+_workers: "weakref.WeakSet[BackgroundWorker]" = weakref.WeakSet()
 
 
 class BackgroundWorker:
@@ -15,7 +18,8 @@ class BackgroundWorker:
 
     The queue is bounded (the oldest item is dropped and counted when it is full); a
     handler error is reported and swallowed. The thread starts on first use and again
-    in a forked child.
+    in a forked child, which starts with an empty queue: the parent's items are the
+    parent's to handle (a notifier must not fire twice).
     """
 
     def __init__(self, name: str, handler: Callable[[Any], None], *, max_queue: int = 1000) -> None:
@@ -29,6 +33,12 @@ class BackgroundWorker:
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         self._closed = False
+        _workers.add(self)
+
+    @property
+    def unfinished(self) -> int:
+        """Items submitted and not handled yet (the one running included)."""
+        return self._unfinished
 
     def submit(self, item: Any) -> None:
         if self._closed:
@@ -72,6 +82,8 @@ class BackgroundWorker:
 
     def drain(self, timeout: float | None = 5.0) -> bool:
         """Wait until every queued item was handled; ``False`` on timeout."""
+        if threading.current_thread() is self._thread:
+            return True  # called from one of our own items: waiting would deadlock
         with self._done:
             return self._done.wait_for(lambda: self._unfinished <= 0 or self._pid != os.getpid(), timeout)
 
@@ -79,3 +91,17 @@ class BackgroundWorker:
         self.drain(timeout)
         self._closed = True
         self._event.set()
+
+
+def _after_fork() -> None:
+    for worker in list(_workers):
+        worker._queue.clear()
+        worker._unfinished = 0
+        worker._event = threading.Event()
+        worker._done = threading.Condition()
+        worker._thread = None
+        worker._pid = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)

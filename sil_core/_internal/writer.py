@@ -5,13 +5,16 @@ thread per writer drains it every ``interval`` seconds, or at once when a batch 
 a caller waits: everything queued at that moment goes into one ``store.write`` (group
 commit). ``durability="sync"`` callers wait for the transaction that holds their record.
 The queue is bounded; a failed write is retried with backoff, and records beyond the
-bound are dropped and counted, never kept without limit.
+bound are dropped and counted, never kept without limit. A record put after ``close()``
+is dropped and counted too (and said once on the ``sil_core`` logger): nothing would
+ever write it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import os
 import threading
 import weakref
@@ -24,6 +27,7 @@ from .ids import new_id
 from .jsonsafe import dumps_context
 
 _writers: "weakref.WeakSet[Writer]" = weakref.WeakSet()
+_log = logging.getLogger("sil_core")
 
 
 class _Waiter:
@@ -47,7 +51,7 @@ class Writer:
         batch_size: int = 1000,
         max_pending: int = 100_000,
         max_retry_delay: float = 5.0,
-        on_written: Callable[[Sequence[CallRecord]], None] | None = None,
+        on_written: Callable[[Sequence[CallRecord], Sequence[Feedback]], None] | None = None,
         on_tick: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
@@ -58,8 +62,15 @@ class Writer:
         self.on_written = on_written
         self.on_tick = on_tick
         self.dropped = 0
+        #: records put after close(): nothing will write them
+        self.dropped_after_close = 0
         self.written = 0
         self.failed_writes = 0
+        #: records that close() gave up on (the store did not take them in time)
+        self.abandoned = 0
+        #: the last write error (``None`` once a write succeeds again)
+        self.last_error: BaseException | None = None
+        self._inflight = 0  # records of the batch being written now
         self._queue: collections.deque = collections.deque()
         self._retry: list = []  # prepared records/feedback of a failed batch, written first
         self._wake = threading.Event()
@@ -81,6 +92,9 @@ class Writer:
             self._full()
 
     def _full(self) -> None:
+        if self._closed:
+            self._drop_after_close()
+            return
         if self._thread is None:  # first use, or a forked child (see _after_fork)
             self._start()
         queue = self._queue
@@ -114,19 +128,65 @@ class Writer:
             return self._drain()
         return self.put_durable(None, timeout)
 
+    async def aflush(self, timeout: float | None = 30.0) -> bool:
+        """Async twin of :meth:`flush`: waits without blocking the event loop."""
+        if self._thread is None or self._closed:
+            return await asyncio.get_running_loop().run_in_executor(None, self._drain)
+        try:
+            return bool(await asyncio.wait_for(asyncio.wrap_future(self._enqueue_waiter(None).future), timeout))
+        except asyncio.TimeoutError:
+            return False
+
+    def hurry(self, interval: float = 0.01) -> None:
+        """Write every ``interval`` seconds from now on (a graceful shutdown has begun)."""
+        self.interval = self._delay = min(self.interval, interval)
+        self._wake.set()
+
     def close(self, timeout: float | None = 30.0) -> bool:
+        """Write what is queued (within ``timeout``), then stop: a later put is dropped."""
         ok = self.flush(timeout)
         self._closed = True
+        self._limit = 0  # every later put takes the slow path, which drops it
+        if not ok:
+            retry, self._retry = self._retry, []
+            self.abandoned += len(retry) + self._inflight + self._drop_queued()
         self._wake.set()
         return ok
 
     @property
     def pending(self) -> int:
+        """Records queued or waiting for a retry (not counting a batch being written)."""
         return len(self._queue) + len(self._retry)
 
     # -- internals -----------------------------------------------------------------------
+    def _drop_queued(self) -> int:
+        dropped = 0
+        while True:
+            try:
+                item = self._queue.pop()
+            except IndexError:
+                return dropped
+            if isinstance(item, _Waiter):
+                item.future.set_result(False)
+                if item.item is None:
+                    continue  # a flush marker: nothing to drop
+            dropped += 1
+
+    def _drop_after_close(self, dropped: int = 0) -> None:
+        dropped += self._drop_queued()
+        if dropped:
+            first = self.dropped_after_close == 0
+            self.dropped_after_close += dropped
+            if first:
+                _log.warning("sil-guard: a call was recorded after its Guard was closed; its record is dropped "
+                             "(%d so far; close the Guard only when the program is done with it)", dropped)
+
     def _enqueue_waiter(self, item: Any) -> _Waiter:
         waiter = _Waiter(item)
+        if self._closed:
+            waiter.future.set_result(False)
+            self._drop_after_close(item is not None)
+            return waiter
         if len(self._queue) >= self.max_pending:
             self._drop_oldest()
         self._queue.append(waiter)
@@ -186,7 +246,10 @@ class Writer:
                         calls.append(item)
                     else:
                         feedback.append(item)
-                if not self._write(calls, feedback):
+                self._inflight = len(calls) + len(feedback)
+                written = self._write(calls, feedback)
+                self._inflight = 0
+                if not written:
                     for w in waiters:
                         w.future.set_result(False)
                     return False
@@ -201,6 +264,7 @@ class Writer:
             self.store.write(calls, feedback)
         except Exception as exc:
             self.failed_writes += 1
+            self.last_error = exc
             report("store.write", exc)
             room = self.max_pending - len(self._queue)
             kept = (calls + feedback)[: max(room, 0)]
@@ -209,10 +273,11 @@ class Writer:
             self._delay = min(self.max_retry_delay, max(self._delay * 2, 0.05))
             return False
         self._delay = self.interval
+        self.last_error = None
         self.written += len(calls)
-        if self.on_written is not None and calls:
+        if self.on_written is not None:
             try:
-                self.on_written(calls)
+                self.on_written(calls, feedback)
             except Exception as exc:
                 report("on_written", exc)
         return True
@@ -240,6 +305,8 @@ def _after_fork() -> None:
         writer._retry = []
         writer._io = threading.Lock()
         writer._wake = threading.Event()
+        writer.dropped = writer.dropped_after_close = writer.written = writer.failed_writes = writer.abandoned = 0
+        writer.last_error = None
 
 
 if hasattr(os, "register_at_fork"):

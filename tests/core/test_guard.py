@@ -311,3 +311,29 @@ def test_close_flushes_and_guard_is_a_context_manager(tmp_path):
 
     with open_store(url) as s:
         assert s.count_calls("x") == 1
+
+
+def test_the_config_before_a_targets_first_change_is_its_adapters():
+    """``current_call().config`` and ``guard.call(...).config`` agree with the adapter (as
+    ``node_config()`` does) before the first change, and follow it when it changes."""
+    from sil_core import DictConfigAdapter, current_call
+
+    adapter = DictConfigAdapter({"writer": {"prompt": "v1"}})
+    with Guard("memory://", adapter=adapter) as g:
+        seen = []
+
+        @g.track("writer")
+        def write():
+            info = current_call()
+            seen.append((info.target, info.version, info.arm, info.config))
+
+        write()
+        with g.call("writer") as call:
+            assert (call.version, call.arm, call.config) == (None, None, {"prompt": "v1"})
+        adapter.configs["writer"] = {"prompt": "v1.1"}  # edited behind the guard: read when asked
+        write()
+        assert seen == [("writer", None, None, {"prompt": "v1"}), ("writer", None, None, {"prompt": "v1.1"})]
+    with Guard("memory://") as g:  # no adapter: the call is still known, without a config
+        with g.call("plain") as call:
+            assert current_call().target == "plain" and call.config is None and current_call().config is None
+        assert current_call() is None

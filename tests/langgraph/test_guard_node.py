@@ -223,3 +223,32 @@ def test_route_in_another_worker_knows_which_threads_a_rolled_back_canary_served
         for thread in served:
             probe_graph.invoke({"topic": thread}, {"configurable": {"thread_id": thread}})
         assert routes == {t: ("fallback" if prompt == "v2" else "ok") for t, prompt in served.items()}
+
+
+def test_a_candidate_that_only_fails_the_check_trips_the_wire_within_5_candidate_runs():
+    """The candidate's writer never raises; its answers fail the GuardNode check. The
+    verdict reaches the tripwire as feedback on the writer's own record, so the change is
+    rolled back after 5 candidate runs, not after the statistics' 30."""
+    from sil_core.changes import bucket
+
+    adapter = DictConfigAdapter({"write": {"prompt": "cite"}})
+    with Guard("memory://", adapter=adapter, policy=RolloutPolicy(min_calls=30, ramp=(0.5,)),
+               flush_interval=60, refresh_interval=0) as g:
+        def write(state: S) -> S:
+            cite = node_config()["prompt"] == "cite"
+            return {"answer": "answer" + (" [1]" if cite else ""), "path": ["write"]}
+
+        graph = write_graph(g, write, GuardNode(g, "write", cites))
+        change = g.propose("write", {"prompt": "terse"})
+        candidate_runs = 0
+        for i in range(200):
+            thread = f"t{i}"
+            graph.invoke({"topic": "x"}, {"configurable": {"thread_id": thread}})
+            candidate_runs += bucket(change.id, thread) < 0.5
+            g.drain()
+            if g.change("write").state != State.CANARY:
+                break
+        done = g.change("write")
+        assert done.state == State.ROLLED_BACK and done.verdict.metric == "tripwire"
+        assert candidate_runs == 5 and done.verdict.evidence["tripwire"]["judged_failed"] == 5
+        assert g.stats("write", version=change.candidate_version).failures == 5
