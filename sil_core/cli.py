@@ -1,18 +1,75 @@
-"""The ``sil`` command: status, changes, the trail, manual promote and rollback."""
+"""The ``sil`` command: what an operator needs to see and do, on any store.
+
+``status`` (per version, and per arm during a change), ``changes``, ``trail show|verify``,
+and the actions ``promote``, ``rollback``, ``approve``, ``revert``, ``pin``, ``unpin``.
+Every command takes ``--store`` and ``--json``. An action is taken here and now when this
+process can act (the adapter is rebuilt from the store where it can be); the trail names
+the person (``cli:$USER``). Exit codes: 0 done, 1 refused (the reason on stderr), 2 usage.
+"""
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
+import os
 import sys
-from typing import Sequence
+import textwrap
+from dataclasses import asdict
+from datetime import datetime, timedelta, timezone
+from typing import Any, Sequence
+from urllib.parse import urlsplit, urlunsplit
 
 from .aggregates import Stats, merge
+from .errors import SilError
 from .store import Store, default_store_url, open_store
 
-__all__ = ("main",)
+__all__ = ("main", "masked_url")
+
+DONE, REFUSED, USAGE = 0, 1, 2
+IN_FLIGHT_STATES = ("canary", "paused", "restore_failed")
 
 
+class Refused(Exception):
+    """An action that cannot be taken; the message says why (exit code 1)."""
+
+
+def masked_url(url: str) -> str:
+    """A store URL with its password (if any) replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+    except ValueError:
+        return url.split("://", 1)[0] + "://***"
+    user, _, host = parts.netloc.rpartition("@")
+    return urlunsplit((parts.scheme, f"{user.split(':', 1)[0]}:***@{host}", parts.path, parts.query, parts.fragment))
+
+
+def actor() -> str:
+    """``cli:<user>``: who acted, for the trail."""
+    try:
+        user = os.environ.get("USER") or getpass.getuser()
+    except Exception:  # no user name in this environment
+        user = "unknown"
+    return f"cli:{user}"
+
+
+def _since(text: str | None) -> float | None:
+    """``--since``: ``30m``, ``24h``, ``7d`` ago, or an ISO 8601 time (naive means UTC)."""
+    if text is None:
+        return None
+    units = {"m": 60, "h": 3600, "d": 86400}
+    if text[-1:] in units and text[:-1].replace(".", "", 1).isdigit():
+        return (datetime.now(timezone.utc) - timedelta(seconds=float(text[:-1]) * units[text[-1]])).timestamp()
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--since {text!r}: use 30m, 24h, 7d or an ISO 8601 time") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
+
+
+# -- formatting ----------------------------------------------------------------------------------
 def _fmt_latency(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -23,70 +80,124 @@ def _fmt_latency(seconds: float | None) -> str:
     return f"{seconds:.2f}s"
 
 
-def status_rows(store: Store) -> list[dict]:
-    """One row per target: calls, success rate with its interval, p50/p95, active version."""
-    rows = []
-    for target in store.targets():
-        stats = Stats.from_cell(target, merge(store.cells(target).values()))
-        latest = store.read_calls(target, limit=1)
-        head = (store.kv_get("head", target) or ({}, 0))[0]
-        change = store.kv_get("change", head["change_id"]) if head.get("change_id") else None
-        rows.append({
-            "target": target,
-            "calls": stats.n,
-            "successes": stats.successes,
-            "failures": stats.failures,
-            "success_rate": stats.success_rate,
-            "success_ci": stats.success_ci,
-            "p50_s": stats.p50_s,
-            "p95_s": stats.p95_s,
-            "active_version": head.get("active") or (latest[0].version if latest else None),
-            "change_state": change[0]["state"] if change else None,
+def _print_table(header: Sequence[str], rows: list[Sequence[Any]], indent: str = "") -> None:
+    table = [tuple(header)] + [tuple("-" if c is None else str(c) for c in row) for row in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print(indent + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def _stats_row(label: str, arm: str, stats: Stats) -> dict[str, Any]:
+    return {"version": label, "arm": arm, "calls": stats.n, "successes": stats.successes, "failures": stats.failures,
+            "success_rate": stats.success_rate, "success_ci": stats.success_ci, "p50_s": stats.p50_s,
+            "p95_s": stats.p95_s, "retried": stats.retried, "interrupted": stats.interrupted,
+            "cancelled": stats.cancelled}
+
+
+def _cells_row(target: str, label: str, cells: list) -> dict[str, Any]:
+    return _stats_row(label, "", Stats.from_cell(target, merge(cells)))
+
+
+# -- status --------------------------------------------------------------------------------------
+def status_rows(guard: Any, *, since: float | None = None, all_versions: bool = False,
+                targets: Sequence[str] = ()) -> list[dict]:
+    """One entry per target: its totals, one row per version (the active one, and the two
+    of its latest change; every version with ``all_versions``) and, during a change, one row
+    per arm with the calls the change is judged on."""
+    store = guard.store
+    out = []
+    known = set(store.targets()) | {key for key, _, _ in store.kv_list("head")}
+    for target in targets or sorted(known):
+        since_hour = None if since is None else int(since // 3600)
+        cells = store.cells(target, since_hour=since_hour)
+        total = Stats.from_cell(target, merge(cells.values()))
+        head = store.kv_get("head", target)
+        head = head[0] if head else {}
+        latest = guard.change(target)
+        active = head.get("active") or None
+        by_version: dict[str, list] = {}
+        for (version, _arm), cell in cells.items():
+            by_version.setdefault(version, []).append(cell)
+        # no head: versions recorded by hand (guard.record(version=...)) are all there is
+        shown = set(by_version) if all_versions or active is None else {active, ""}
+        if latest is not None and not all_versions:
+            shown |= {latest.baseline_version, latest.candidate_version}
+        order = [v["version"] for v in guard.versions(target)]
+        versions = sorted((v for v in by_version if v in shown), key=lambda v: order.index(v) if v in order else -1)
+        rows = []
+        for version in versions:
+            row = _cells_row(target, version or "(none)", by_version[version])
+            row["active"] = active is not None and version == active
+            rows.append(row)
+        arms = None
+        if latest is not None and latest.state in IN_FLIGHT_STATES:
+            per_arm = guard.arms(target) or {}
+            arms = [_stats_row(latest.baseline_version if arm == "baseline" else latest.candidate_version, arm, stats)
+                    for arm, stats in per_arm.items()]
+        out.append({
+            "target": target, "calls": total.n, "successes": total.successes, "failures": total.failures,
+            "success_rate": total.success_rate, "success_ci": total.success_ci, "p50_s": total.p50_s,
+            "p95_s": total.p95_s, "active_version": active, "pinned": bool(head.get("pinned")),
+            "pinned_by": (head.get("pin") or {}).get("actor"),
+            "change": None if latest is None else _change_dict(latest),
+            "change_state": None if latest is None else latest.state,
+            "versions": rows, "arms": arms,
         })
-    return rows
+    return out
 
 
-def _print_status(rows: list[dict], url: str) -> None:
-    print(f"store: {url}")
-    if not rows:
+def _rate(row: dict) -> tuple[str, str]:
+    rate = "-" if row["success_rate"] is None else f"{row['success_rate']:.1%}"
+    ci = "-" if row["success_ci"] is None else f"[{row['success_ci'][0]:.1%}, {row['success_ci'][1]:.1%}]"
+    return rate, ci
+
+
+def _print_status(entries: list[dict], url: str, since: float | None) -> None:
+    print(f"store: {masked_url(url)}")
+    if since is not None:
+        print(f"calls since {datetime.fromtimestamp(since, timezone.utc):%Y-%m-%d %H:00} UTC (by hour)")
+    if not entries:
         print("no calls recorded yet")
         return
-    header = ("target", "calls", "success", "95% interval", "p50", "p95", "version", "change")
-    table = [header]
-    for r in rows:
-        rate = "-" if r["success_rate"] is None else f"{r['success_rate']:.1%}"
-        ci = "-" if r["success_ci"] is None else f"[{r['success_ci'][0]:.1%}, {r['success_ci'][1]:.1%}]"
-        table.append((r["target"], str(r["calls"]), rate, ci, _fmt_latency(r["p50_s"]),
-                      _fmt_latency(r["p95_s"]), r["active_version"] or "-", r["change_state"] or "-"))
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for row in table:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    header = ("  version", "arm", "calls", "success", "95% interval", "p50", "p95", "retried", "interrupted")
+    for e in entries:
+        change = e["change"]
+        line = f"{e['target']}: {e['calls']} calls, version {e['active_version'] or '-'}"
+        if e["pinned"]:
+            line += f" (pinned by {e['pinned_by'] or '?'})"
+        line += " (* = active)" if any(r["active"] for r in e["versions"]) else ""
+        if change is not None:
+            line += f"; change {change['id']} {change['state']}"
+            if change["state"] in IN_FLIGHT_STATES:
+                line += f" at {change['weight']:.0%} ({change['baseline_version']} -> {change['candidate_version']})"
+        print()
+        print(line)
+        rows = [("* " if r["active"] else "  ") + r["version"] for r in e["versions"]]
+        table = [(label, "all", r["calls"], *_rate(r), _fmt_latency(r["p50_s"]), _fmt_latency(r["p95_s"]),
+                  r["retried"], r["interrupted"]) for label, r in zip(rows, e["versions"])]
+        table += [("  " + r["version"], r["arm"] + " (this change)", r["calls"], *_rate(r), _fmt_latency(r["p50_s"]),
+                   _fmt_latency(r["p95_s"]), r["retried"], r["interrupted"]) for r in e["arms"] or ()]
+        _print_table(header, table, indent="  ")
 
 
-def _print_table(header: tuple, rows: list[tuple]) -> None:
-    table = [header] + [tuple("-" if c is None else str(c) for c in row) for row in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for row in table:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+# -- changes and the trail -----------------------------------------------------------------------
+def _change_dict(change: Any) -> dict[str, Any]:
+    data = asdict(change)
+    data["verdict"] = change.verdict.as_dict() if change.verdict is not None else None
+    return data
 
 
-def _changes(store: Store, as_json: bool) -> int:
-    from datetime import datetime, timezone
-
-    rows = sorted((v for _, v, _ in store.kv_list("change")), key=lambda r: r["created"])
-    if as_json:
-        print(json.dumps(rows, indent=2, default=str))
-        return 0
-    if not rows:
+def _print_changes(changes: list) -> None:
+    if not changes:
         print("no changes yet")
-        return 0
-    _print_table(
-        ("created (UTC)", "target", "change", "mode", "state", "from", "to", "reason"),
-        [(datetime.fromtimestamp(r["created"], timezone.utc).strftime("%Y-%m-%d %H:%M:%S"), r["target"], r["id"],
-          r["mode"], r["state"], r["baseline_version"], r["candidate_version"], (r.get("reason") or "")[:70])
-         for r in rows],
-    )
-    return 0
+        return
+    for c in changes:
+        created = datetime.fromtimestamp(c.created, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        kind = c.mode if c.kind == "change" else c.kind
+        print(f"{created}  {c.target}  {c.id}  {kind}  {c.state}  {c.baseline_version or '-'} -> "
+              f"{c.candidate_version or '-'}  by {c.actor or '-'}")
+        if c.reason:
+            print(textwrap.fill(c.reason, width=100, initial_indent="    ", subsequent_indent="    "))
 
 
 def _trail(store: Store, args: argparse.Namespace) -> int:
@@ -94,17 +205,20 @@ def _trail(store: Store, args: argparse.Namespace) -> int:
 
     if args.trail_command == "verify":
         report = verify_trail(store)
-        if report.ok:
+        if args.json:
+            print(json.dumps({"ok": report.ok, "events": report.events, "head_seq": report.head_seq,
+                              "head_hash": report.head_hash, "problems": report.problems}, indent=2))
+        elif report.ok:
             print(f"trail OK: {report.events} events, head seq {report.head_seq} hash {report.head_hash}")
-            return 0
-        print(f"trail INVALID ({len(report.problems)} problems):")
-        for problem in report.problems:
-            print(f"  {problem}")
-        return 1
+        else:
+            print(f"trail INVALID ({len(report.problems)} problems):")
+            for problem in report.problems:
+                print(f"  {problem}")
+        return DONE if report.ok else REFUSED
     events = store.trail_read(target=args.target)
     if args.json:
         print(json.dumps(events, indent=2))
-        return 0
+        return DONE
     for e in events:
         if e.get("corrupt") is not None:
             print(f"{'?':>5}  CORRUPT LINE: {str(e['corrupt'])[:100]}")
@@ -113,108 +227,205 @@ def _trail(store: Store, args: argparse.Namespace) -> int:
         detail = data.get("reason") or (data.get("verdict") or {}).get("reason") or data.get("error") or ""
         print(f"{e['seq']:>5}  {e['ts'][:19]}  {e['type']:<20} {e.get('target') or '-':<20} "
               f"{e.get('actor') or '-':<18} {detail}".rstrip())
-    return 0
+    return DONE
 
 
-def _act(store: Store, target: str, action: str) -> int:
-    from .adapters import adapter_from_spec
+# -- actions -------------------------------------------------------------------------------------
+def _in_flight(guard: Any, target: str) -> Any:
+    change = guard.change(target)
+    if change is None or change.state not in IN_FLIGHT_STATES:
+        hint = ""
+        if change is not None and change.state == "promoted":
+            hint = f" (change {change.id} was promoted; undo it with: sil revert {target})"
+        raise Refused(f"{target}: no change in flight{hint}")
+    return change
+
+
+def _promote_or_rollback(guard: Any, target: str, action: str, who: str) -> dict:
+    change = _in_flight(guard, target)
+    needs_adapter = change.mode == "switch" if action == "rollback" else change.mode == "canary"
+    if needs_adapter and guard.adapter_for(target) is None:
+        guard.request(target, action, actor=who)
+        return {"change": change.id, "state": change.state, "requested": True,
+                "message": f"{target}: {action} requested: its adapter cannot be rebuilt here, so the next worker "
+                           f"that holds it acts (within about a second)"}
+    done = guard.rollback(target, actor=who) if action == "rollback" else guard.promote(target, actor=who)
+    after = guard.change(target)
+    if not done:
+        raise Refused(f"{target}: {action} not done; change {change.id} is {after.state}"
+                      + (" (another worker is acting on it)" if after.state in IN_FLIGHT_STATES else ""))
+    return {"change": change.id, "state": after.state, "message": f"{target}: {action} done; change {change.id} "
+                                                                  f"is now {after.state}"}
+
+
+def _approve(guard: Any, target: str, who: str) -> dict:
+    change = guard.change(target)
+    if change is None or change.state != "proposed":
+        raise Refused(f"{target}: no change waiting for approval")
+    if change.mode == "switch" and guard.adapter_for(target) is None:
+        raise Refused(f"{target}: a switch-mode change is applied through its adapter, which cannot be rebuilt "
+                      "here; approve it where the adapter lives (guard.approve)")
+    after = guard.approve(target, actor=who)
+    if after.state != "canary":
+        raise Refused(f"{target}: change {after.id} could not start: {after.reason}")
+    return {"change": after.id, "state": after.state, "message": f"{target}: change {after.id} approved; it is now "
+                                                                 f"{after.state}"}
+
+
+def _needs_adapter(guard: Any, target: str, what: str) -> None:
+    if guard.adapter_for(target) is None:
+        raise Refused(f"{target}: {what} restores a config through the target's ConfigAdapter, which cannot be "
+                      "rebuilt in this process (only adapters with a spec, such as JsonFileConfigAdapter, can); "
+                      f"call guard.{what}(...) where the adapter lives")
+
+
+def _revert(guard: Any, target: str, to: str | None, who: str) -> dict:
+    _needs_adapter(guard, target, "revert")
+    change = guard.revert(target, to=to, actor=who)
+    if change.state != "promoted":
+        raise Refused(f"{target}: {change.reason}")
+    return {"change": change.id, "state": change.state,
+            "message": f"{target}: reverted {change.baseline_version or '-'} -> {change.candidate_version} "
+                       f"(change {change.id})"}
+
+
+def _pin(guard: Any, target: str, version: str, who: str) -> dict:
+    head = guard.store.kv_get("head", target)
+    if version != (head[0].get("active") if head else None):
+        _needs_adapter(guard, target, "pin")
+    guard.pin(target, version, adapter=guard.adapter_for(target), actor=who)
+    return {"version": version, "message": f"{target}: pinned to {version}; proposals are refused until "
+                                           f"sil unpin {target}"}
+
+
+def _unpin(guard: Any, target: str, who: str) -> dict:
+    if not guard.unpin(target, actor=who):
+        raise Refused(f"{target}: not pinned")
+    return {"message": f"{target}: unpinned"}
+
+
+def _act(store: Store, args: argparse.Namespace) -> int:
     from .guard import Guard
 
-    guard = Guard(store, worker_id="cli", flush_interval=60)
+    who = actor()
+    guard = Guard(store, worker_id=who, flush_interval=60)
     try:
-        row = guard._changes.latest_row(target)
-        if action == "approve":
-            return _approve(guard, target, row)
-        if row is None or row["state"] not in ("canary", "paused", "restore_failed"):
-            print(f"{target}: no change in flight")
-            return 1
-        needs_adapter = row["mode"] == "switch" if action == "rollback" else row["mode"] == "canary"
-        adapter = adapter_from_spec(row.get("adapter_spec"))
-        if needs_adapter and adapter is None:
-            guard._changes.request(target, action, "cli")
-            print(f"{target}: {action} requested; the next worker that holds the target's adapter will do it")
-            return 0
-        if adapter is not None:
-            guard._changes.adapters[target] = adapter
-        done = guard.rollback(target, actor="cli") if action == "rollback" else guard.promote(target, actor="cli")
-        state = guard._changes.latest_row(target)["state"]
-        print(f"{target}: {action} {'done' if done else 'not done'}; change {row['id']} is now {state}")
-        return 0 if done else 1
+        command, target = args.command, args.target
+        if command in ("promote", "rollback"):
+            result = _promote_or_rollback(guard, target, command, who)
+        elif command == "approve":
+            result = _approve(guard, target, who)
+        elif command == "revert":
+            result = _revert(guard, target, args.to, who)
+        elif command == "pin":
+            result = _pin(guard, target, args.version, who)
+        else:
+            result = _unpin(guard, target, who)
+    finally:
+        guard.close()
+    if args.json:
+        print(json.dumps({"ok": True, "command": command, "target": target, "actor": who, **result}, indent=2))
+    else:
+        print(result["message"])
+    return DONE
+
+
+# -- the parser ----------------------------------------------------------------------------------
+def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="sil", description="sil-guard: a regression guard for AI agents")
+    parser.add_argument("--version", action="version", version=f"sil {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--store", default=None, help=f"store URL (default: $SIL_STORE or {default_store_url()})")
+    common.add_argument("--json", action="store_true", help="print JSON instead of text")
+    sub = parser.add_subparsers(dest="command")
+    status = sub.add_parser("status", parents=[common], help="per target: calls, success, latency per version "
+                            "and, during a change, per arm")
+    status.add_argument("targets", nargs="*", metavar="TARGET", help="only these targets")
+    status.add_argument("--since", type=_since, default=None, help="only calls since: 30m, 24h, 7d or ISO time")
+    status.add_argument("--all-versions", action="store_true", help="a row for every version, not only the "
+                        "active one and those of the latest change")
+    changes = sub.add_parser("changes", parents=[common], help="every change with its state and whole reason, "
+                             "rejected proposals included")
+    changes.add_argument("target", nargs="?", default=None)
+    trail = sub.add_parser("trail", help="the decision trail")
+    trail_sub = trail.add_subparsers(dest="trail_command", required=True)
+    trail_sub.add_parser("verify", parents=[common], help="check the hash chain (exit 1 if tampered)")
+    show = trail_sub.add_parser("show", parents=[common], help="print the trail")
+    show.add_argument("target", nargs="?", default=None)
+    for name, text in (("rollback", "roll the target's change in flight back now"),
+                       ("promote", "promote the target's change in flight now"),
+                       ("approve", "start the target's change that waits for approval"),
+                       ("unpin", "let changes of a pinned target be proposed again")):
+        sub.add_parser(name, parents=[common], help=text).add_argument("target")
+    revert = sub.add_parser("revert", parents=[common], help="restore an earlier version through the adapter "
+                            "(undo the last promotion, or --to VERSION), recorded as a change")
+    revert.add_argument("target")
+    revert.add_argument("--to", default=None, metavar="VERSION")
+    pin = sub.add_parser("pin", parents=[common], help="serve VERSION and refuse proposals until unpinned")
+    pin.add_argument("target")
+    pin.add_argument("version")
+    sub.add_parser("hermes", help="Hermes skills: history SKILL, rollback SKILL [--to VERSION] "
+                   "(needs sil-guard[hermes])", add_help=False)
+    return parser
+
+
+def _run(store: Store, args: argparse.Namespace) -> int:
+    from .guard import Guard
+
+    if args.command == "trail":
+        return _trail(store, args)
+    if args.command not in ("status", "changes"):
+        return _act(store, args)
+    guard = Guard(store, worker_id=actor(), flush_interval=60)
+    try:
+        if args.command == "status":
+            entries = status_rows(guard, since=args.since, all_versions=args.all_versions, targets=args.targets)
+            if args.json:
+                print(json.dumps({"store": masked_url(store.url), "since": args.since, "targets": entries}, indent=2))
+            else:
+                _print_status(entries, store.url, args.since)
+            return DONE
+        listed = guard.changes(args.target)
+        if args.json:
+            print(json.dumps([_change_dict(c) for c in listed], indent=2, default=str))
+        else:
+            _print_changes(listed)
+        return DONE
     finally:
         guard.close()
 
 
-def _approve(guard, target: str, row: dict | None) -> int:
-    """Start a change that waits for approval (a switch-mode change needs its adapter)."""
-    from .adapters import adapter_from_spec
-
-    if row is None or row["state"] != "proposed":
-        print(f"{target}: no change waiting for approval")
-        return 1
-    adapter = adapter_from_spec(row.get("adapter_spec"))
-    if row["mode"] == "switch":
-        if adapter is None:
-            print(f"{target}: a switch-mode change is applied through its adapter, which cannot be rebuilt "
-                  "here; approve it where the adapter lives (guard.approve)")
-            return 1
-        guard._changes.adapters[target] = adapter
-    change = guard.approve(target, actor="cli")
-    print(f"{target}: change {change.id} approved; it is now {change.state}")
-    return 0 if change.state == "canary" else 1
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    from . import __version__
-
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["hermes"]:  # imported here only: sil_core never imports Hermes at import time
         try:
             from sil_hermes.cli import main as hermes_main
         except ImportError as exc:  # MissingExtra names the extra to install
             print(f"sil hermes: {exc}", file=sys.stderr)
-            return 2
+            return USAGE
         return hermes_main(argv[1:])
-    parser = argparse.ArgumentParser(prog="sil", description="sil-guard: a regression guard for AI agents")
-    parser.add_argument("--version", action="version", version=f"sil {__version__}")
-    store_help = f"store URL (default: $SIL_STORE or {default_store_url()})"
-    sub = parser.add_subparsers(dest="command")
-    status = sub.add_parser("status", help="one row per target: calls, success rate, latency, version")
-    changes = sub.add_parser("changes", help="every config change with its state")
-    trail = sub.add_parser("trail", help="the decision trail")
-    trail_sub = trail.add_subparsers(dest="trail_command", required=True)
-    trail_sub.add_parser("verify", help="check the hash chain").add_argument("--store", default=None, help=store_help)
-    show = trail_sub.add_parser("show", help="print the trail")
-    show.add_argument("target", nargs="?", default=None)
-    show.add_argument("--store", default=None, help=store_help)
-    show.add_argument("--json", action="store_true")
-    for name, helptext in (("rollback", "roll the target's change back now"), ("promote", "promote the target's change now"),
-                           ("approve", "start the target's change that waits for approval")):
-        p = sub.add_parser(name, help=helptext)
-        p.add_argument("target")
-        p.add_argument("--store", default=None, help=store_help)
-    sub.add_parser("hermes", help="Hermes skills: history SKILL, rollback SKILL [--to VERSION] "
-                   "(needs sil-guard[hermes])", add_help=False)
-    for p in (status, changes):
-        p.add_argument("--store", default=None, help=store_help)
-        p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    args = parser.parse_args(argv)
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help and --version exit 0, a usage error 2
+        return int(exc.code or 0)
     if args.command is None:
         parser.print_help()
-        return 2
-    store = open_store(args.store)
+        return USAGE
     try:
-        if args.command == "status":
-            rows = status_rows(store)
-            if args.json:
-                print(json.dumps({"store": store.url, "targets": rows}, indent=2))
-            else:
-                _print_status(rows, store.url)
-            return 0
-        if args.command == "changes":
-            return _changes(store, args.json)
-        if args.command == "trail":
-            return _trail(store, args)
-        return _act(store, args.target, args.command)
+        store = open_store(args.store)
+    except SilError as exc:
+        print(f"sil: {exc}", file=sys.stderr)
+        return REFUSED
+    try:
+        return _run(store, args)
+    except (Refused, SilError) as exc:
+        if getattr(args, "json", False):
+            print(json.dumps({"ok": False, "command": args.command, "error": str(exc)}, indent=2))
+        print(f"sil: {exc}", file=sys.stderr)
+        return REFUSED
     finally:
         store.close()
 

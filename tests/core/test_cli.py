@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from sil_core import Guard, __version__
-from sil_core.cli import main
+from sil_core.cli import actor, main
 
 
 def test_version():
@@ -23,10 +23,12 @@ def test_status_table_and_json(tmp_path, capsys):
         g.record("agent-b", success=True, latency_s=0.002)
     assert main(["status", "--store", url]) == 0
     out = capsys.readouterr().out
-    lines = out.splitlines()
-    assert lines[1].split()[:3] == ["target", "calls", "success"]
-    assert lines[2].split()[:3] == ["agent-a", "10", "90.0%"] and lines[2].split()[-2:] == ["v1", "-"]
-    assert lines[3].split()[:3] == ["agent-b", "1", "100.0%"]
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert lines[1] == "agent-a: 10 calls, version -"
+    assert lines[2].split()[:4] == ["version", "arm", "calls", "success"]
+    assert lines[3].split()[:4] == ["v1", "all", "10", "90.0%"]
+    assert lines[4] == "agent-b: 1 calls, version -"
+    assert lines[6].split()[:4] == ["(none)", "all", "1", "100.0%"]
     assert main(["status", "--store", url, "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert [t["target"] for t in data["targets"]] == ["agent-a", "agent-b"]
@@ -80,7 +82,7 @@ def test_cli_promote_without_an_adapter_is_a_request(tmp_path, capsys):
     assert "requested" in capsys.readouterr().out
     g.evaluate("agent")  # the worker holding the adapter serves the request
     assert g.change("agent").state == "promoted" and adapter.configs["agent"] == {"prompt": "v2"}
-    assert any(e["type"] == "promoted" and e["actor"] == "cli" for e in g.trail("agent"))
+    assert any(e["type"] == "promoted" and e["actor"] == actor() for e in g.trail("agent"))
     g.close()
 
 
@@ -99,12 +101,12 @@ def test_cli_approve_starts_a_change_waiting_for_approval(tmp_path, capsys):
     assert main(["approve", "file-agent", "--store", url]) == 0  # the JSON-file adapter is rebuilt here
     assert '"v2"' in path.read_text()
     assert main(["approve", "dict-agent", "--store", url]) == 1  # its adapter lives in a worker only
-    assert "guard.approve" in capsys.readouterr().out
+    assert "guard.approve" in capsys.readouterr().err
     assert main(["approve", "canary-agent", "--store", url]) == 1  # nothing waits any more
     with Guard(url) as g:
         assert [g.change(t).state for t in ("canary-agent", "file-agent", "dict-agent")] == \
             ["canary", "canary", "proposed"]
-        assert any(e["type"] == "change_applied" and e["actor"] == "cli" for e in g.trail("canary-agent"))
+        assert any(e["type"] == "change_applied" and e["actor"] == actor() for e in g.trail("canary-agent"))
 
 
 def test_a_rejected_proposal_keeps_the_adapter_of_the_change_in_flight():
