@@ -191,6 +191,8 @@ class Guard:
         self._control: ThreadPoolExecutor | None = None
         self._control_lock = threading.Lock()
         self.exit_timeout = exit_timeout
+        #: the thread closing this guard, while it does
+        self.closing_thread: int | None = None
         self._closed = False
         exits.track(self, handle_sigterm=handle_sigterm, after_fork=_after_fork)
 
@@ -433,27 +435,32 @@ class Guard:
         said once on the ``sil_core`` logger. Blocks; use :meth:`aclose` in a coroutine."""
         if self._closed:
             return
+        self.closing_thread = threading.get_ident()  # first: a SIGTERM from here on lets us finish
         self._closed = True
-        exits.forget(self)
         deadline = None if timeout is None else _mono() + timeout
 
         def left() -> float | None:
             return None if deadline is None else max(0.0, deadline - _mono())
 
-        with fail_open("guard.close"):
-            flushed = self._writer.flush(left())
-            judged = self._decide.drain(left())
-            notified = self._events.drain(left())
-            flushed = self._writer.close(left() if flushed else 0.0) and flushed
-            self._decide.close(0.0)
-            self._events.close(0.0)
-            self._report_close(timeout, flushed, judged, notified)
-            if self._control is not None:
-                self._control.shutdown(wait=False)
-            if self._owns_store:
-                if flushed and judged:
-                    self.store.close()
-                # else a background thread may still be inside the store: the process exit frees it
+        try:
+            with fail_open("guard.close"):
+                self._close(timeout, left)
+        finally:
+            self.closing_thread = None
+            exits.finished(self)
+
+    def _close(self, timeout: float | None, left: Callable[[], float | None]) -> None:
+        flushed = self._writer.flush(left())
+        judged = self._decide.drain(left())
+        notified = self._events.drain(left())
+        flushed = self._writer.close(left() if flushed else 0.0) and flushed
+        self._decide.close(0.0)
+        self._events.close(0.0)
+        self._report_close(timeout, flushed, judged, notified)
+        if self._control is not None:
+            self._control.shutdown(wait=False)
+        if self._owns_store and flushed and judged:
+            self.store.close()  # else a background thread may still be inside it: the process exit frees it
 
     @property
     def closed(self) -> bool:
@@ -496,7 +503,8 @@ class Guard:
         """Run a blocking control-plane call on this guard's pool; the loop keeps running."""
         with self._control_lock:
             if self._control is None:
-                self._control = ThreadPoolExecutor(_CONTROL_THREADS, thread_name_prefix="sil-control")
+                self._control = ThreadPoolExecutor(_CONTROL_THREADS, thread_name_prefix="sil-control",
+                                                   initializer=exits.own_thread)
             pool = self._control
         call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
         return await asyncio.get_running_loop().run_in_executor(pool, call)

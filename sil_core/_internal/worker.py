@@ -8,6 +8,7 @@ import threading
 import weakref
 from typing import Any, Callable
 
+from .exits import own_thread
 from .failopen import report
 
 _workers: "weakref.WeakSet[BackgroundWorker]" = weakref.WeakSet()
@@ -59,6 +60,7 @@ class BackgroundWorker:
             self._thread.start()
 
     def _run(self) -> None:
+        own_thread()
         while True:
             self._event.wait()
             self._event.clear()

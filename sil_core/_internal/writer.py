@@ -22,6 +22,7 @@ from concurrent.futures import Future
 from typing import Any, Callable, Sequence
 
 from ..records import CallRecord, Feedback
+from .exits import own_thread
 from .failopen import report
 from .ids import new_id
 from .jsonsafe import dumps_context
@@ -210,6 +211,7 @@ class Writer:
         self._limit = min(self.batch_size, self.max_pending + 1)
 
     def _run(self) -> None:
+        own_thread()
         while not self._closed:
             self._wake.wait(self._delay)
             self._wake.clear()
