@@ -219,7 +219,8 @@ class ChangeManager:
             cooldown = RolloutPolicy.from_dict(in_flight["policy"]).cooldown_hours * 3600
             until = max(until or 0.0, in_flight["updated"] + cooldown)
         if until is not None and until > now:
-            return self._reject(row, f"this patch was rolled back; refused until {time.ctime(until)} (cooldown)")
+            when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(until))
+            return self._reject(row, f"this patch was rolled back; refused until {when} (cooldown)")
         try:
             baseline_config = adapter.get_config(agent_id=target)
             if not isinstance(baseline_config, dict):

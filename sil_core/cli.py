@@ -23,6 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 from .aggregates import Stats, merge
 from .errors import SilError
 from .store import Store, default_store_url, open_store
+from .store._paths import default_data_dir
 
 __all__ = ("main", "masked_url")
 
@@ -211,7 +212,8 @@ def _trail(store: Store, args: argparse.Namespace) -> int:
         elif report.ok:
             print(f"trail OK: {report.events} events, head seq {report.head_seq} hash {report.head_hash}")
         else:
-            print(f"trail INVALID ({len(report.problems)} problems):")
+            count = len(report.problems)
+            print(f"trail INVALID ({count} problem{'s' if count != 1 else ''}):")
             for problem in report.problems:
                 print(f"  {problem}")
         return DONE if report.ok else REFUSED
@@ -371,9 +373,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _exists(url: str) -> bool:
+    """Whether a file-based store is there already (a command must not create one by a typo)."""
+    scheme, _, rest = url.partition("://")
+    if scheme not in ("sqlite", "jsonl"):
+        return True
+    path = os.path.expanduser(rest[1:].partition("?")[0])
+    return os.path.isfile(path) if scheme == "sqlite" else os.path.isdir(path)
+
+
 def _run(store: Store, args: argparse.Namespace) -> int:
     from .guard import Guard
 
+    if args.command == "status" and args.targets:
+        known = set(store.targets()) | {key for key, _, _ in store.kv_list("head")}
+        unknown = [t for t in args.targets if t not in known]
+        if unknown:
+            raise Refused(f"no calls or changes recorded for {', '.join(unknown)} in {masked_url(store.url)}")
     if args.command == "trail":
         return _trail(store, args)
     if args.command not in ("status", "changes"):
@@ -414,13 +430,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return USAGE
+    url = args.store or default_store_url()
+    if url != f"sqlite:///{default_data_dir() / 'sil.db'}" and not _exists(url):  # the default may start empty
+        print(f"sil: there is no store at {masked_url(url)} (check --store or $SIL_STORE)", file=sys.stderr)
+        return REFUSED
     try:
-        store = open_store(args.store)
+        store = open_store(url)
     except SilError as exc:
         print(f"sil: {exc}", file=sys.stderr)
         return REFUSED
     try:
         return _run(store, args)
+    except BrokenPipeError:  # `sil status | head`: the reader has gone, which is fine
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keep the interpreter's final flush quiet
+        return DONE
     except (Refused, SilError) as exc:
         if getattr(args, "json", False):
             print(json.dumps({"ok": False, "command": args.command, "error": str(exc)}, indent=2))

@@ -226,3 +226,32 @@ def test_the_store_password_is_masked(pg_schema, capsys):
     for argv in (["status"], ["status", "--json"]):
         code, out, err = run(capsys, *argv, "--store", url)
         assert code == 0 and "s3cret-pw" not in out + err and ":***@" in out
+
+
+def test_a_store_url_with_a_typo_is_refused_not_created(tmp_path, capsys):
+    for url in (f"sqlite:///{tmp_path / 'typo.db'}", f"jsonl:///{tmp_path / 'typo-dir'}"):
+        for argv in (["status"], ["trail", "verify"], ["changes"]):
+            code, out, err = run(capsys, *argv, "--store", url)
+            assert code == 1 and "there is no store" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_status_of_an_unknown_target_is_refused(url, capsys):
+    with Guard(url) as g:
+        g.record("known", success=True, latency_s=0.1)
+    code, out, err = run(capsys, "status", "known", "--store", url)
+    assert code == 0 and "known: 1 calls" in out
+    code, out, err = run(capsys, "status", "unknown", "--store", url)
+    assert code == 1 and "no calls or changes recorded for unknown" in err
+
+
+def test_status_into_a_closed_pipe_is_quiet(url):
+    import subprocess
+    import sys
+
+    with Guard(url) as g:
+        for i in range(300):
+            g.record(f"t{i}", success=True, latency_s=0.1)
+    out = subprocess.run(f"{sys.executable} -m sil_core.cli status --store {url} | head -1", shell=True,
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.startswith("store:") and "BrokenPipe" not in out.stderr and "Traceback" not in out.stderr
