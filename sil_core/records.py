@@ -38,7 +38,8 @@ class CallRecord:
     measured with a monotonic clock. ``context`` holds JSON text once the record has been
     prepared for a store (see :func:`sil_core._internal.jsonsafe.dumps_context`).
     ``feedback_success``/``feedback_score`` hold late feedback, which overrides the
-    outcome in every statistic.
+    outcome in every statistic; ``feedback_success_ts``/``feedback_score_ts`` say when the
+    feedback that set each was given (epoch seconds), so that the latest-given wins.
     """
 
     id: str
@@ -55,6 +56,8 @@ class CallRecord:
     context: Any = None
     feedback_success: bool | None = None
     feedback_score: float | None = None
+    feedback_success_ts: float | None = None
+    feedback_score_ts: float | None = None
 
     @property
     def success(self) -> bool | None:
@@ -132,11 +135,16 @@ class CallRecord:
 
 @dataclass(slots=True, frozen=True)
 class Feedback:
-    """Late feedback on a call (a user's thumbs-down, an eval score)."""
+    """Late feedback on a call (a user's thumbs-down, an eval score).
+
+    ``ts`` is when it was given (epoch seconds); per field, the feedback given last wins,
+    whatever order stores receive it in. ``None`` means "when the store writes it".
+    """
 
     call_id: str
     success: bool | None = None
     score: float | None = None
+    ts: float | None = None
 
 
 def format_ts(ts: float) -> str:

@@ -7,12 +7,20 @@ surrogate is written as a ``\\udXXX`` escape) holds two kinds of line:
 
       {"id": "c1", "target": "agent", "ts": ..., ...}
 
+  plus ``"feedback_success_ts"``/``"feedback_score_ts"`` (epoch seconds: when the
+  feedback in ``feedback_success``/``feedback_score`` was given) when the record carries
+  feedback that came before it (see ``pending.json``) or was folded in by a compaction.
+
 * a **feedback line** is appended when late feedback arrives for a call already on disk::
 
-      {"feedback": "<call id>", "success": true|false|null, "score": <float>|null}
+      {"feedback": "<call id>", "success": true|false|null, "score": <float>|null, "ts": <float>}
 
   Readers fold it into the newest earlier record line with that id (``null`` leaves a
-  field unchanged), so nothing is ever rewritten in place.
+  field unchanged), so nothing is ever rewritten in place. ``ts`` is when the feedback was
+  given: per field, a feedback line older than the field's current time is passed over (a
+  writer appends only lines that change something, so folding in file order gives what the
+  writer saw). Lines written before feedback had a time have no ``ts`` and fold in file
+  order, over any time the field had.
 
 * a **seed line** is a trace of ``self-improving-loop`` 0.1.x, the seed: an object with
   ``agent_id`` and no ``target`` (``{"agent_id", "task", "success", "duration_sec",
@@ -47,6 +55,18 @@ Rotated files are ``archives/calls-<UTC %Y%m%dT%H%M%S%fZ>[-N].jsonl``, renamed f
 ``calls.jsonl`` as they are and then replaced by a ``.jsonl.gz`` of the same name. A store
 whose active file has another name (``JsonlStore(name="traces.jsonl")``) names its
 archives ``<stem>-<UTC time>[-N]<suffix>.gz`` after it, as the seed did.
+
+``pending.json`` holds feedback for calls that are not in ``calls.jsonl`` yet, replaced
+whole (temp file, fsync, rename) when it changes, absent while there is none::
+
+    {"format": 1, "pending": {"<call id>": {"success": b|null, "success_ts": t|null,
+                                            "score": f|null, "score_ts": t|null, "received": t}}}
+
+Per field it keeps the value given last and when (``*_ts``), and ``received`` is when the
+store last got feedback for that call. A writer storing the call folds the entry into the
+record line and drops it; entries received more than the store's ``pending_max_age_s`` ago
+are never applied and, like the oldest beyond ``pending_max`` entries, are dropped the next
+time the file is written. A seed-dialect line keeps no feedback times.
 
 ``state.json`` holds the state rows (versions, changes, target heads, the trail head), one
 indented JSON object with sorted keys, replaced whole (temp file, fsync, rename) on every
@@ -84,7 +104,7 @@ from typing import Any, Iterator
 from ..aggregates import Cell, CellKey, cells_for, feedback_delta
 from ..records import CallRecord, Feedback, Outcome
 from ._table import CellTable
-from .memory import apply_feedback
+from .base import Pending, apply_feedback
 
 FORMAT = 1
 O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -117,11 +137,32 @@ def _encode_line(obj: dict) -> bytes:
 
 
 def encode_record(r: CallRecord) -> bytes:
-    return _encode_line(r.to_dict())
+    obj = r.to_dict()
+    if r.feedback_success_ts is not None:
+        obj["feedback_success_ts"] = r.feedback_success_ts
+    if r.feedback_score_ts is not None:
+        obj["feedback_score_ts"] = r.feedback_score_ts
+    return _encode_line(obj)
 
 
 def encode_feedback(fb: Feedback) -> bytes:
-    return _encode_line({"feedback": fb.call_id, "success": fb.success, "score": fb.score})
+    obj = {"feedback": fb.call_id, "success": fb.success, "score": fb.score}
+    if fb.ts is not None:
+        obj["ts"] = fb.ts
+    return _encode_line(obj)
+
+
+def _time(value: Any) -> float | None:
+    """A feedback time read from a line: a finite number, else ``None`` (unknown)."""
+    return float(value) if _is_number(value) else None
+
+
+def record_from_dict(obj: dict) -> CallRecord:
+    """A record line's record, with its feedback times (raises like :meth:`CallRecord.from_dict`)."""
+    record = CallRecord.from_dict(obj)
+    record.feedback_success_ts = _time(obj.get("feedback_success_ts"))
+    record.feedback_score_ts = _time(obj.get("feedback_score_ts"))
+    return record
 
 
 def _json_object(line: bytes) -> dict | None:
@@ -149,9 +190,9 @@ def parse_line(line: bytes) -> CallRecord | Feedback | None:
             return None
         if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):
             return None
-        return Feedback(cid, success, score)
+        return Feedback(cid, success, score, _time(obj.get("ts")))
     try:
-        return CallRecord.from_dict(obj)
+        return record_from_dict(obj)
     except (KeyError, ValueError, TypeError, OverflowError):
         return None
 
@@ -401,6 +442,33 @@ def _seed_ts(trace: dict) -> float:
             except (ValueError, OverflowError, OSError):
                 continue
     return 0.0
+
+
+# -- pending.json ------------------------------------------------------------------------------
+def encode_pending(pending: dict[str, Pending]) -> bytes:
+    """The pending feedback as ``pending.json`` (see the module docstring)."""
+    rows = {cid: {"success": p.success, "success_ts": p.success_ts, "score": p.score, "score_ts": p.score_ts,
+                  "received": p.received} for cid, p in pending.items()}
+    return (json.dumps({"format": FORMAT, "pending": rows}, ensure_ascii=False, separators=(",", ":")) + "\n").encode(
+        "utf-8", "backslashreplace")
+
+
+def decode_pending(data: bytes) -> dict[str, Pending]:
+    """The entries of ``pending.json``; an entry that does not parse is dropped (it is
+    only feedback that waits), a file that is not a JSON object raises ValueError."""
+    obj = json.loads(data) if data.strip() else {}
+    if not isinstance(obj, dict) or not isinstance(obj.get("pending", {}), dict):
+        raise ValueError("not a pending-feedback object")
+    out: dict[str, Pending] = {}
+    for cid, row in obj.get("pending", {}).items():
+        if not isinstance(row, dict) or not _is_number(row.get("received")):
+            continue
+        success, score = row.get("success"), row.get("score")
+        if not (success is None or isinstance(success, bool)) or not (score is None or _is_number(score)):
+            continue
+        out[cid] = Pending(cid, success, _time(row.get("success_ts")), None if score is None else float(score),
+                           _time(row.get("score_ts")), float(row["received"]))
+    return out
 
 
 # -- state.json --------------------------------------------------------------------------------

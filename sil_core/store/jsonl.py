@@ -4,6 +4,7 @@ Files in the store's directory (their format: :mod:`sil_core.store._jsonl_format
 
     calls.jsonl       the active file: record lines, and feedback lines for late feedback
     aggregates.json   the cell table, replaced atomically after every batch
+    pending.json      feedback for calls not written yet, replaced atomically when it changes
     state.json        the state rows (versions, changes, heads), replaced atomically on write
     trail.jsonl       the trail: one hash-chained event per line, append-only
     .lock             the lock file (fcntl.flock: exclusive to write, shared to open a read)
@@ -27,6 +28,17 @@ active file is searched. A writer killed between its append and its aggregates u
 leaves lines past the ``calls`` mark of ``aggregates.json``: the next writer (or the next
 process to open the store) adds them, so the cells always match the records.
 
+Feedback for a call that is not in the active file (not written yet, as far as the
+writer can tell) waits in ``pending.json``; the batch that writes the call folds it into
+the record line (so the record's first contribution to the cells includes it) and drops
+the entry. Per field, the feedback given last (``Feedback.ts``) wins. Entries received more
+than ``pending_max_age_s`` ago are never applied and are dropped, with the oldest beyond
+``pending_max``, whenever the file is rewritten.
+
+Every wait for the file lock is bounded: the lock is polled (``LOCK_NB``, short sleeps)
+for at most ``lock_timeout_s`` (10 s by default), then :class:`~sil_core.errors.StoreError`
+is raised, which the Guard's writer retries later.
+
 Rotation renames the active file into the archive directory under the lock and gzips it
 after the lock is released. Archives beyond ``max_archives`` are deleted, oldest first.
 Rotation, :meth:`compact` and :meth:`retain` remove raw records only: all-time cells keep
@@ -49,22 +61,26 @@ file. ``dialect="seed"`` writes every record as a line of the seed's trace forma
 :mod:`sil_core.store._jsonl_format`); every store reads seed lines in either dialect.
 
 Limits: raw reads (:meth:`read_calls`, :meth:`get_call`, :meth:`count_calls`) and
-feedback look at the active file only (feedback on an archived call is ignored). Duplicate
+feedback look at the active file only (feedback on an archived call waits in
+``pending.json`` until it expires). Duplicate
 call ids are dropped within a batch and against the ids this process has cached, not
 against the whole file. POSIX only (``fcntl``).
 """
 
 from __future__ import annotations
 
+import errno
 import gzip
 import logging
 import math
 import os
+import random
 import threading
 import time
 import weakref
 from collections import OrderedDict
 from copy import deepcopy
+from dataclasses import replace
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -85,10 +101,12 @@ from ._jsonl_format import (
     compress_archives,
     datasync,
     decode_aggregates,
+    decode_pending,
     decode_state,
     encode_aggregates,
     encode_event,
     encode_feedback,
+    encode_pending,
     encode_record,
     encode_seed_record,
     encode_state,
@@ -110,8 +128,19 @@ from ._jsonl_format import (
 )
 from ._table import CellTable
 from ._paths import prepare_folder
-from .base import Store
-from .memory import apply_feedback, matches, retained
+from .base import (
+    PENDING_MAX,
+    PENDING_MAX_AGE_S,
+    Judged,
+    Pending,
+    Store,
+    apply_feedback,
+    fold_pending,
+    merge_pending,
+    pending_bounds,
+    prune_order,
+)
+from .memory import matches, retained
 
 __all__ = ("JsonlStore",)
 
@@ -120,6 +149,7 @@ AGGREGATES = "aggregates.json"
 LOCK = ".lock"
 STATE = "state.json"
 TRAIL = "trail.jsonl"
+PENDING = "pending.json"
 #: how each dialect writes a record line
 ENCODERS: dict[str, Callable[[CallRecord], bytes]] = {"sil": encode_record, "seed": encode_seed_record}
 #: how many call states a process keeps for feedback look-ups
@@ -152,6 +182,10 @@ class JsonlStore(Store):
         dialect: ``"sil"`` writes :meth:`CallRecord.to_dict` lines; ``"seed"`` writes the
             seed's trace lines (``agent_id``, ``task``, ``success``, ...), for files that
             the seed's own tools still read. Both read either kind of line.
+        lock_timeout_s: how long an operation waits for the file lock another process
+            holds before it raises :class:`StoreError` (10 s).
+        pending_max_age_s, pending_max: bound the feedback kept for calls not written yet
+            (24 h since received; 10,000 calls).
 
     Raises:
         ConfigError: ``max_bytes <= 0``, ``max_archives < 1``, ``cell_retention_hours``
@@ -172,6 +206,9 @@ class JsonlStore(Store):
         cell_retention_hours: float | None = 24 * 8,
         name: str = ACTIVE,
         dialect: str = "sil",
+        lock_timeout_s: float = 10.0,
+        pending_max_age_s: float = PENDING_MAX_AGE_S,
+        pending_max: int = PENDING_MAX,
     ) -> None:
         if fcntl is None:  # pragma: no cover - Windows
             raise ConfigError("jsonl:// needs POSIX file locks (fcntl); use sqlite:// on this platform")
@@ -188,6 +225,11 @@ class JsonlStore(Store):
             raise ConfigError(f"name must be a plain file name (not a path, not .gz), not {name!r}")
         if dialect not in ENCODERS:
             raise ConfigError(f"dialect must be one of {sorted(ENCODERS)}, not {dialect!r}")
+        if (isinstance(lock_timeout_s, bool) or not isinstance(lock_timeout_s, (int, float))
+                or not math.isfinite(lock_timeout_s) or lock_timeout_s <= 0):
+            raise ConfigError(f"lock_timeout_s must be a positive number, not {lock_timeout_s!r}")
+        self.lock_timeout_s = float(lock_timeout_s)
+        self.pending_max_age_s, self.pending_max = pending_bounds(pending_max_age_s, pending_max)
         self.directory = Path(directory)
         self.name = name
         self.dialect = dialect
@@ -205,11 +247,13 @@ class JsonlStore(Store):
             self.lock_path = self.directory / LOCK
             self.state_path = self.directory / STATE
             self.trail_path = self.directory / TRAIL
+            self.pending_path = self.directory / PENDING
         else:
             self.aggregates_path = self.directory / f"{name}.{AGGREGATES}"
             self.lock_path = self.directory / f"{name}.lock"
             self.state_path = self.directory / f"{name}.{STATE}"
             self.trail_path = self.directory / f"{name}.{TRAIL}"
+            self.pending_path = self.directory / f"{name}.{PENDING}"
         #: corrupt lines seen by the last full read (read_calls, count_calls, compact, retain)
         self.corrupt_lines = 0
         self._lock_fd = -1
@@ -234,6 +278,9 @@ class JsonlStore(Store):
         # the parsed state.json, valid while its (st_mtime_ns, st_size, st_ino) is _state_key
         self._state: dict[str, dict[str, dict]] = {}
         self._state_key: tuple = ()
+        # the parsed pending.json, valid while its (st_mtime_ns, st_size, st_ino) is _pending_key
+        self._pending: dict[str, Pending] = {}
+        self._pending_key: tuple = ()
         _STORES.add(self)
         with self._writing():
             try:
@@ -265,8 +312,13 @@ class JsonlStore(Store):
 
     @contextmanager
     def _locked(self, exclusive: bool) -> Iterator[None]:
-        """This process's threads, then other processes (flock on ``.lock``)."""
-        with self._mutex:
+        """This process's threads, then other processes (flock on ``.lock``), each wait
+        bounded by ``lock_timeout_s``."""
+        deadline = time.monotonic() + self.lock_timeout_s
+        if not self._mutex.acquire(timeout=self.lock_timeout_s):
+            raise StoreError(f"{self.url}: another thread held the store for more than "
+                             f"{self.lock_timeout_s:g} s") from TimeoutError()
+        try:
             if self._lock_fd < 0:
                 raise StoreError(f"{self.url}: the store is closed")
             if self._pid != os.getpid():
@@ -277,14 +329,33 @@ class JsonlStore(Store):
                 self._lock_fd = self._open_lock()
                 self._pid = os.getpid()
             fd = self._lock_fd
-            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            self._flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH, deadline)
             try:
                 yield
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            self._mutex.release()
+
+    def _flock(self, fd: int, mode: int, deadline: float) -> None:
+        """``flock`` polled without blocking (short, jittered sleeps) until ``deadline``."""
+        delay = 0.0005
+        while True:
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise StoreError(f"{self.url}: {self.lock_path} was held by another process for more than "
+                                 f"{self.lock_timeout_s:g} s") from TimeoutError()
+            time.sleep(min(left, delay * (0.5 + random.random())))
+            delay = min(delay * 2, 0.01)
 
     def close(self) -> None:
-        with self._mutex:
+        with self._mutex:  # waits for an operation under way, itself bounded by lock_timeout_s
             if self._lock_fd >= 0:
                 os.close(self._lock_fd)
                 self._lock_fd = -1
@@ -362,24 +433,30 @@ class JsonlStore(Store):
             return self._current_table().targets()
 
     # -- writes ----------------------------------------------------------------------------
-    def write(self, calls: Sequence[CallRecord], feedback: Sequence[Feedback] = ()) -> None:
+    def write(self, calls: Sequence[CallRecord], feedback: Sequence[Feedback] = ()) -> list[CallRecord]:
         if not calls and not feedback:
-            return
+            return []
+        judged = Judged()
         with self._writing():
-            pending = self._write_locked(calls, feedback)
+            pending = self._write_locked(calls, feedback, judged)
         if pending is not None:
             try:
                 self._finish_rotation(pending)
             except (OSError, StoreError) as exc:  # the batch is stored; a later rotation retries
                 _log.warning("%s: compressing archive %s failed: %s", self.url, pending, exc)
+        return judged.changed()
 
-    def _write_locked(self, calls: Sequence[CallRecord], feedback: Sequence[Feedback]) -> Path | None:
+    def _write_locked(self, calls: Sequence[CallRecord], feedback: Sequence[Feedback], judged: Judged) -> Path | None:
+        now = time.time()
+        cutoff = now - self.pending_max_age_s
+        waiting = self._current_pending()
+        kept = dict(waiting)  # pending.json after this batch
         table = self._current_table()
         epoch = self._epoch
-        cutoff = self._cutoff_hour()
+        cutoff_hour = self._cutoff_hour()
         # a table this process pruned and saved, with the same cutoff, has no stale hourly
         # cell: only the batch's own deltas need a look, not the whole table
-        pruned = cutoff is not None and self._pruned == (self._agg_key, cutoff)
+        pruned = cutoff_hour is not None and self._pruned == (self._agg_key, cutoff_hour)
         batch = {r.id: r for r in calls}
         pending = None
         fd = os.open(self.calls_path, os.O_RDWR | os.O_APPEND | os.O_CREAT | O_CLOEXEC, 0o644)
@@ -392,6 +469,12 @@ class JsonlStore(Store):
             pruned = pruned and not repaired
             for cid in [cid for cid in batch if cid in self._cache]:
                 del batch[cid]  # already stored: a retried batch must not count twice
+            for cid, record in batch.items():
+                judged.known(record)
+                entry = kept.pop(cid, None)  # feedback that came first: folded in, dropped
+                if entry is not None and entry.received >= cutoff:
+                    batch[cid] = fold_pending(record, entry)
+                    judged.now(batch[cid])
             wanted = {fb.call_id for fb in feedback if fb.call_id not in batch and fb.call_id not in self._cache}
             states = lookup(pread_all(fd, size), wanted) if wanted else {}
             deltas: dict[CellKey, Cell] = {}
@@ -399,25 +482,34 @@ class JsonlStore(Store):
             for fb in feedback:
                 cid = fb.call_id
                 if cid in batch:
-                    batch[cid] = apply_feedback(batch[cid], fb)
+                    after = apply_feedback(batch[cid], fb, now)
+                    if after is not batch[cid]:
+                        batch[cid] = after
+                        judged.now(after)
                     continue
                 before = states.get(cid)
                 if before is None:
                     before = self._cache.get(cid)
-                if before is None:
-                    continue  # unknown (or archived) call: ignored
-                after = apply_feedback(before, fb)
-                if after != before:
+                if before is None:  # not written yet (or archived): it waits in pending.json
+                    entry = kept.get(cid)
+                    kept[cid] = merge_pending(entry if entry is not None and entry.received >= cutoff else None, fb, now)
+                    continue
+                judged.known(before)
+                after = apply_feedback(before, fb, now)
+                if after is not before:
                     states[cid] = after
+                    judged.now(after)
                     merge_deltas(deltas, feedback_delta(before, after))
-                    fb_lines.append(encode_feedback(fb))
+                    fb_lines.append(encode_feedback(fb if fb.ts is not None else replace(fb, ts=now)))
             body = b"".join([*map(self._encode, batch.values()), *fb_lines])
             if not body:
                 if repaired:
-                    if cutoff is not None:
-                        table.prune_hours(cutoff)
+                    if cutoff_hour is not None:
+                        table.prune_hours(cutoff_hour)
                     self._save_table(table, epoch, (st.st_ino, size))
-                    self._pruned = (self._agg_key, cutoff)
+                    self._pruned = (self._agg_key, cutoff_hour)
+                if kept != waiting:
+                    self._save_pending(kept, cutoff)
                 return None
             merge_deltas(deltas, cells_for(batch.values()))
             if self.max_bytes is not None and size > 0 and size + torn + len(body) > self.max_bytes:
@@ -438,17 +530,59 @@ class JsonlStore(Store):
         finally:
             if fd >= 0:
                 os.close(fd)
-        if cutoff is not None:
+        if cutoff_hour is not None:
             # the batch's stale hours never enter the table; older ones are scanned for
             # only when it may hold some (first write, a table another process saved, a
             # new hour, or a dead writer's lines recovered)
-            deltas = {k: c for k, c in deltas.items() if k[3] == ALL_TIME or k[3] >= cutoff}
+            deltas = {k: c for k, c in deltas.items() if k[3] == ALL_TIME or k[3] >= cutoff_hour}
             if not pruned:
-                table.prune_hours(cutoff)
+                table.prune_hours(cutoff_hour)
         table.apply(deltas)
         self._save_table(table, epoch, (st.st_ino, self._idx_off))
-        self._pruned = (self._agg_key, cutoff)
+        self._pruned = (self._agg_key, cutoff_hour)
+        if kept != waiting:  # after the lines: a crash in between leaves an entry, never loses one
+            self._save_pending(kept, cutoff)
         return pending
+
+    def _current_pending(self) -> dict[str, Pending]:
+        """The entries of ``pending.json``, parsed only when its stat key changed (lock
+        held). Never mutate the result: it is the cache."""
+        try:
+            st = os.stat(self.pending_path)
+            if (st.st_mtime_ns, st.st_size, st.st_ino) == self._pending_key:
+                return self._pending
+            with open(self.pending_path, "rb") as f:
+                st = os.fstat(f.fileno())
+                data = f.read()
+        except FileNotFoundError:
+            self._pending, self._pending_key = {}, _MISSING
+            return self._pending
+        try:
+            pending = decode_pending(data)
+        except (ValueError, RecursionError) as exc:  # only feedback that waits: start afresh, and say so
+            _log.warning("%s: %s is corrupt (%s); the feedback it kept is dropped", self.url, self.pending_path, exc)
+            pending = {}
+        self._pending, self._pending_key = pending, (st.st_mtime_ns, st.st_size, st.st_ino)
+        return pending
+
+    def _save_pending(self, pending: dict[str, Pending], cutoff: float) -> None:
+        """Replace ``pending.json`` with ``pending`` pruned (received before ``cutoff``, and
+        the oldest beyond ``pending_max``); removed when nothing is left."""
+        kept, _ = prune_order(pending.values(), cutoff, self.pending_max)
+        entries = {p.call_id: p for p in kept}
+        if not entries:
+            try:
+                os.unlink(self.pending_path)
+            except FileNotFoundError:
+                pass
+            self._pending, self._pending_key = {}, _MISSING
+            return
+        prev = self._pending_key[0] if len(self._pending_key) == 3 else 0
+        st = replace_file(self.pending_path, encode_pending(entries), fsync=self.fsync,
+                          mtime_ns=max(time.time_ns(), prev + 1))
+        if self.fsync:
+            fsync_dir(self.directory)
+        self._pending, self._pending_key = entries, (st.st_mtime_ns, st.st_size, st.st_ino)
 
     def _cutoff_hour(self) -> int | None:
         """Hourly cells before this hour are past ``cell_retention_hours``."""

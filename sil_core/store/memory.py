@@ -1,23 +1,37 @@
 """``memory://``: a process-local store for tests and short scripts.
 
 Raw records are kept in a bounded, insertion-ordered map (oldest evicted first,
-``max_calls`` in all); aggregates are never evicted.
+``max_calls`` in all); aggregates are never evicted. Feedback for a call not stored yet
+waits in a map of :class:`~sil_core.store.base.Pending` entries: one received more than
+``pending_max_age_s`` ago is never applied, and whenever feedback is added to the map the
+expired entries and the oldest beyond ``pending_max`` are dropped.
 """
 
 from __future__ import annotations
 
 import copy
 import threading
+import time
 from collections import OrderedDict
-from dataclasses import replace
 from typing import Sequence
 
 from ..aggregates import Cell, cells_for, feedback_delta
 from ..records import CallRecord, Feedback
 from ._table import CellTable
-from .base import Store
+from .base import (
+    PENDING_MAX,
+    PENDING_MAX_AGE_S,
+    Judged,
+    Pending,
+    Store,
+    apply_feedback,
+    fold_pending,
+    merge_pending,
+    pending_bounds,
+    prune_order,
+)
 
-__all__ = ("MemoryStore",)
+__all__ = ("MemoryStore", "apply_feedback")
 
 
 class MemoryStore(Store):
@@ -25,29 +39,57 @@ class MemoryStore(Store):
 
     capabilities = frozenset({"retention"})
 
-    def __init__(self, *, max_calls: int = 100_000) -> None:
+    def __init__(self, *, max_calls: int = 100_000, pending_max_age_s: float = PENDING_MAX_AGE_S,
+                 pending_max: int = PENDING_MAX) -> None:
         self.url = "memory://"
         self.max_calls = max_calls
+        self.pending_max_age_s, self.pending_max = pending_bounds(pending_max_age_s, pending_max)
         self._calls: OrderedDict[str, CallRecord] = OrderedDict()
+        self._pending: dict[str, Pending] = {}
         self._table = CellTable()
         self._lock = threading.Lock()
         self._kv: dict[tuple[str, str], tuple[dict, int]] = {}
         self._trail: list[dict] = []
 
-    def write(self, calls: Sequence[CallRecord], feedback: Sequence[Feedback] = ()) -> None:
+    def write(self, calls: Sequence[CallRecord], feedback: Sequence[Feedback] = ()) -> list[CallRecord]:
+        now = time.time()
+        judged = Judged()
         with self._lock:
-            for record in calls:
+            pending = self._pending
+            cutoff = now - self.pending_max_age_s
+            fresh = []
+            for record in {r.id: r for r in calls}.values():
+                if record.id in self._calls:
+                    continue  # stored already: a retried batch must not count twice
+                judged.known(record)
+                waiting = pending.pop(record.id, None)
+                if waiting is not None and waiting.received >= cutoff:
+                    record = fold_pending(record, waiting)
+                    judged.now(record)
                 self._calls[record.id] = record
-            self._table.apply(cells_for(calls))
+                fresh.append(record)
+            self._table.apply(cells_for(fresh))
+            added = False
             for fb in feedback:
                 before = self._calls.get(fb.call_id)
                 if before is None:
+                    waiting = pending.get(fb.call_id)
+                    pending[fb.call_id] = merge_pending(waiting if waiting and waiting.received >= cutoff else None, fb, now)
+                    added = True
                     continue
-                after = apply_feedback(before, fb)
-                self._calls[fb.call_id] = after
-                self._table.apply(feedback_delta(before, after))
+                judged.known(before)
+                after = apply_feedback(before, fb, now)
+                if after is not before:
+                    self._calls[fb.call_id] = after
+                    self._table.apply(feedback_delta(before, after))
+                    judged.now(after)
+            if added:
+                _, dropped = prune_order(pending.values(), cutoff, self.pending_max)
+                for cid in dropped:
+                    del pending[cid]
             while len(self._calls) > self.max_calls:
                 self._calls.popitem(last=False)
+        return judged.changed()
 
     def cells(self, target: str, *, version: str | None = None, since_hour: int | None = None,
               hist: bool = True) -> dict[tuple[str, str], Cell]:
@@ -114,15 +156,6 @@ class MemoryStore(Store):
             removed = len(self._calls) - len(keep)
             self._calls = OrderedDict((r.id, r) for r in sorted(keep, key=lambda r: (r.ts, r.id)))
         return removed
-
-
-def apply_feedback(record: CallRecord, fb: Feedback) -> CallRecord:
-    """The record with the feedback's fields set (``None`` fields leave it unchanged)."""
-    return replace(
-        record,
-        feedback_success=record.feedback_success if fb.success is None else bool(fb.success),
-        feedback_score=record.feedback_score if fb.score is None else float(fb.score),
-    )
 
 
 def matches(r: CallRecord, target, since, until, version) -> bool:

@@ -13,6 +13,33 @@ and adds the difference it makes; all cell increments are then upserted in key o
 increments nor deadlock. Reads of statistics sum cells with ``GROUP BY``; they never touch
 the raw records.
 
+Feedback for a call not stored yet waits in ``sil_pending_feedback`` (per field the value
+given last and when, and when it was received) and is folded into the record by the batch
+that inserts it. A record and its early feedback may be written by two transactions at
+once, each blind to the other's uncommitted row; so call ids hash into 16 buckets, each a
+transaction-level advisory lock per schema, taken in bucket order before any row lock: a
+batch holds its records' buckets shared (record writers never wait for each other), a
+batch that may keep pending feedback holds those calls' buckets exclusive, and whichever
+commits second sees the other's row. Pending rows received more than ``pending_max_age_s``
+ago are never applied; they, and the oldest beyond ``pending_max`` rows, are deleted
+(``FOR UPDATE SKIP LOCKED``, never waiting) whenever a batch keeps pending feedback.
+
+The server may be down when the store is opened: the constructor checks the URL (a
+malformed one raises :class:`~sil_core.errors.ConfigError`) and tries to connect once;
+if the server cannot be reached the store starts degraded, and the first operation that
+reaches it migrates the schema. While it is down every operation raises
+:class:`~sil_core.errors.StoreError`, after at most ``connect_timeout`` seconds, and at
+once (without a new attempt) for a short backoff after a failed attempt (0.25 s doubling
+up to 2 s), which the Guard's writer turns into retries while records wait in its bounded
+queue. The ``sil_core`` logger says once when the server becomes unreachable and once when
+it is back.
+
+No operation waits forever: ``connect_timeout`` bounds a connection attempt,
+``lock_timeout_s`` every wait for a lock (rows, advisory locks, the schema lock while
+migrating) and ``statement_timeout_s`` every statement (10 s each by default; ``None``
+keeps the server's setting). :meth:`PostgresStore.retain` allows its statements at least
+10 minutes, as deleting a large backlog may take that long.
+
 State rows (``sil_state``) are compare-and-set in a single statement each: ``INSERT ... ON
 CONFLICT DO NOTHING`` creates, ``UPDATE ... WHERE rev = N`` updates, and the row-count says
 who won, so exactly one of any number of writers on any number of hosts does. Trail
@@ -27,9 +54,12 @@ was cut off may safely run again). psycopg is imported only when a store is open
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
+import zlib
+from dataclasses import replace
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -37,8 +67,17 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from ..aggregates import ALL_TIME, BUCKET_S, FIELDS, Cell, CellKey, cells_for, feedback_delta
 from ..errors import ConfigError, MissingExtra, StoreError
 from ..records import CallRecord, Feedback
-from .base import Store
-from .memory import apply_feedback
+from .base import (
+    PENDING_MAX,
+    PENDING_MAX_AGE_S,
+    Judged,
+    Pending,
+    Store,
+    apply_feedback,
+    fold_pending,
+    merge_pending,
+    pending_bounds,
+)
 
 __all__ = ("MIGRATIONS", "PostgresStore")
 
@@ -49,17 +88,30 @@ DEFAULT_SCHEMA = "public"
 _LOCK_CLASS = 0x53494C00
 #: first key of the two-part advisory lock that serialises trail appenders ("SIL\1")
 _TRAIL_LOCK_CLASS = 0x53494C01
+#: first key of the advisory locks of the pending-feedback buckets ("SIL\x10" + bucket)
+_PENDING_LOCK_CLASS = 0x53494C10
+#: how many buckets call ids hash into for those locks (few: a batch takes each at most once)
+_PENDING_BUCKETS = 16
 #: how often a write is retried after a deadlock or serialization failure
 _CONFLICT_RETRIES = 3
+#: after a failed connection attempt, operations fail at once for this long (doubling)
+_BACKOFF_MIN_S, _BACKOFF_MAX_S = 0.25, 2.0
+#: the least statement timeout retain() runs with
+_RETAIN_TIMEOUT_S = 600.0
+
+_log = logging.getLogger("sil_core")
 
 CALL_COLUMNS = (
     "id", "target", "ts", "duration_s", "outcome", "error_type", "error_message", "version",
     "arm", "attempt", "score", "context", "feedback_success", "feedback_score",
+    "feedback_success_ts", "feedback_score_ts",
 )
 _CALL_TYPES = (
     "text", "text", "float8", "float8", "text", "text", "text", "text",
-    "text", "int4", "float8", "text", "bool", "float8",
+    "text", "int4", "float8", "text", "bool", "float8", "float8", "float8",
 )
+_PENDING_COLUMNS = ("call_id", "success", "success_ts", "score", "score_ts", "received")
+_PENDING_TYPES = ("text", "bool", "float8", "float8", "float8", "float8")
 _FLOAT_FIELDS = frozenset(name for name in FIELDS if isinstance(getattr(Cell(), name), float))
 _CELL_TYPES = tuple("float8" if name in _FLOAT_FIELDS else "int8" for name in FIELDS)
 
@@ -134,6 +186,20 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX IF NOT EXISTS sil_trail_target ON {schema}.sil_trail (target, seq)
     """,
     "ALTER TABLE {schema}.sil_cells ADD COLUMN IF NOT EXISTS n_retried bigint NOT NULL DEFAULT 0",
+    """
+    ALTER TABLE {schema}.sil_calls
+        ADD COLUMN IF NOT EXISTS feedback_success_ts double precision,
+        ADD COLUMN IF NOT EXISTS feedback_score_ts double precision;
+    CREATE TABLE IF NOT EXISTS {schema}.sil_pending_feedback (
+        call_id text PRIMARY KEY,
+        success boolean,
+        success_ts double precision,
+        score double precision,
+        score_ts double precision,
+        received double precision NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS sil_pending_feedback_received ON {schema}.sil_pending_feedback (received)
+    """,
 )
 
 # connections inherited through fork(): kept referenced so that finalising them in the
@@ -222,11 +288,26 @@ def record_to_row(r: CallRecord) -> tuple:
         _clean(r.error_type), _clean(r.error_message), _clean(r.version), _clean(r.arm),
         int(r.attempt or 1), _float(r.score), _context(r.context),
         None if r.feedback_success is None else bool(r.feedback_success), _float(r.feedback_score),
+        _float(r.feedback_success_ts), _float(r.feedback_score_ts),
     )
 
 
 def row_to_record(row: Sequence) -> CallRecord:
     return CallRecord(*row)
+
+
+def _pending_row(p: Pending) -> tuple:
+    return (p.call_id, p.success, _float(p.success_ts), _float(p.score), _float(p.score_ts), float(p.received))
+
+
+def _bucket(call_id: str) -> int:
+    """The advisory-lock bucket of a (cleaned) call id: the same in every process."""
+    return zlib.crc32(call_id.encode("utf-8", "surrogatepass")) % _PENDING_BUCKETS
+
+
+def _ms(seconds: float | None) -> str | None:
+    """A timeout as a PostgreSQL setting (at least 1 ms), or ``None`` to keep the server's."""
+    return None if seconds is None else f"{max(1, int(round(seconds * 1000)))}ms"
 
 
 def _columns(rows: Sequence[Sequence], width: int) -> list[list]:
@@ -255,8 +336,37 @@ class _Sql:
         )
         self.lock_calls = f'{self.select_call} WHERE id = ANY(%s::text[]) ORDER BY id COLLATE "C" FOR UPDATE'
         self.update_feedback = (
-            f"UPDATE {s}.sil_calls AS c SET feedback_success = u.fs, feedback_score = u.fsc "
-            f"FROM {_unnest(('text', 'bool', 'float8'), ('id', 'fs', 'fsc'))} WHERE c.id = u.id"
+            f"UPDATE {s}.sil_calls AS c SET feedback_success = u.fs, feedback_score = u.fsc, "
+            f"feedback_success_ts = u.fst, feedback_score_ts = u.fsct "
+            f"FROM {_unnest(('text', 'bool', 'float8', 'float8', 'float8'), ('id', 'fs', 'fsc', 'fst', 'fsct'))} "
+            f"WHERE c.id = u.id"
+        )
+        self.stored_ids = f"SELECT id FROM {s}.sil_calls WHERE id = ANY(%s::text[])"
+        # in bucket order (the sorted subquery is never flattened), before any row lock
+        self.lock_buckets = (
+            "SELECT CASE WHEN o.x THEN pg_advisory_xact_lock(o.k, hashtext(%s))::text "
+            "ELSE pg_advisory_xact_lock_shared(o.k, hashtext(%s))::text END "
+            "FROM (SELECT k, x FROM unnest(%s::int4[], %s::bool[]) AS u(k, x) ORDER BY k) AS o"
+        )
+        pcols = ", ".join(_PENDING_COLUMNS)
+        self.take_pending = f"DELETE FROM {s}.sil_pending_feedback WHERE call_id = ANY(%s::text[]) RETURNING {pcols}"
+        self.lock_pending = (
+            f'SELECT {pcols} FROM {s}.sil_pending_feedback WHERE call_id = ANY(%s::text[]) '
+            f'ORDER BY call_id COLLATE "C" FOR UPDATE'
+        )
+        self.upsert_pending = (
+            f"INSERT INTO {s}.sil_pending_feedback AS p ({pcols}) "
+            f"SELECT {pcols} FROM {_unnest(_PENDING_TYPES, _PENDING_COLUMNS)} ORDER BY ord "
+            f"ON CONFLICT (call_id) DO UPDATE SET "
+            + ", ".join(f"{c} = EXCLUDED.{c}" for c in _PENDING_COLUMNS[1:])
+        )
+        self.prune_pending_age = (
+            f"DELETE FROM {s}.sil_pending_feedback WHERE call_id IN (SELECT call_id FROM {s}.sil_pending_feedback "
+            f"WHERE received < %s FOR UPDATE SKIP LOCKED)"
+        )
+        self.prune_pending_count = (
+            f"DELETE FROM {s}.sil_pending_feedback WHERE call_id IN (SELECT call_id FROM {s}.sil_pending_feedback "
+            f'ORDER BY received DESC, call_id COLLATE "C" DESC OFFSET %s FOR UPDATE SKIP LOCKED)'
         )
         key = ("target", "version", "arm", "hour")
         cell_cols = ", ".join((*key, *FIELDS))
@@ -306,21 +416,64 @@ class PostgresStore(Store):
 
     capabilities = frozenset({"retention", "multiprocess"})
 
-    def __init__(self, url: str, *, schema: str | None = None, connect_timeout: float = 10) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        schema: str | None = None,
+        connect_timeout: float = 10,
+        lock_timeout_s: float | None = 10.0,
+        statement_timeout_s: float | None = 10.0,
+        pending_max_age_s: float = PENDING_MAX_AGE_S,
+        pending_max: int = PENDING_MAX,
+    ) -> None:
+        """Check the URL and options, then try the server once; an unreachable server
+        leaves the store degraded, not failed (see the module docstring).
+
+        ``connect_timeout`` (whole seconds) bounds a connection attempt; ``lock_timeout_s``
+        and ``statement_timeout_s`` are set on the connection (``None``: the server's own);
+        ``pending_max_age_s``/``pending_max`` bound feedback kept for calls not stored yet.
+        Raises :class:`ConfigError` for a malformed URL or option, :class:`MissingExtra`
+        without psycopg, and :class:`StoreError` when the server refuses the schema (not
+        when it cannot be reached).
+        """
         self._pg = _import_psycopg()
         self.url = url
         self._conninfo, url_schema = split_url(url)
+        try:
+            self._pg.conninfo.conninfo_to_dict(self._conninfo)
+        except self._pg.Error as exc:
+            raise ConfigError(f"invalid PostgreSQL URL {redact(url)!r}: {_redact_text(str(exc), url)}") from None
         self.schema = schema or url_schema or DEFAULT_SCHEMA
         if len(self.schema.encode("utf-8")) > 63 or "\x00" in self.schema:
             raise ConfigError(f"invalid PostgreSQL schema name {self.schema!r} (at most 63 bytes)")
+        for name, value in (("connect_timeout", connect_timeout), ("lock_timeout_s", lock_timeout_s),
+                            ("statement_timeout_s", statement_timeout_s)):
+            if value is None and name != "connect_timeout":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ConfigError(f"{name} must be a positive number{'' if name == 'connect_timeout' else ' or None'}, "
+                                  f"not {value!r}")
+        self.pending_max_age_s, self.pending_max = pending_bounds(pending_max_age_s, pending_max)
         self._connect_timeout = max(1, int(round(connect_timeout)))
+        self._lock_timeout = _ms(lock_timeout_s)
+        self._statement_timeout_s = statement_timeout_s
         self._sql = _Sql(self.schema)
         self._lock = threading.Lock()
         self._conn: Any = None
         self._pid = os.getpid()
         self._closed = False
+        self._ready = False  # the schema is known to be migrated
+        self._down: BaseException | None = None  # the last failed connection attempt, while down
+        self._backoff = 0.0
+        self._retry_at = 0.0
         try:
-            self._run("open", self._migrate)
+            self._run("open", lambda conn: None)
+        except StoreError as exc:
+            if not isinstance(exc.__cause__, self._pg.OperationalError):
+                self.close()
+                raise
+            # unreachable, or busy (a lock or statement timeout): start degraded
         except BaseException:
             self.close()
             raise
@@ -346,12 +499,51 @@ class PostgresStore(Store):
             self._discard()
             conn = None
         if conn is None:
+            if self._down is not None and time.monotonic() < self._retry_at:
+                raise StoreError(f"{redact(self.url)}: the server is unreachable (next attempt in "
+                                 f"{self._retry_at - time.monotonic():.2f} s): {self._down}") from self._down
             params = {"autocommit": True, "connect_timeout": self._connect_timeout}
             if "application_name" not in self._conninfo:
                 params["application_name"] = "sil-guard"
-            conn = self._conn = self._pg.connect(self._conninfo, **params)
+            try:
+                conn = self._pg.connect(self._conninfo, **params)
+                try:
+                    self._configure(conn)
+                except BaseException:
+                    conn.close()
+                    raise
+            except self._pg.OperationalError as exc:
+                self._unreachable(exc)
+                raise
+            self._conn = conn
             self._pid = os.getpid()
+            self._reachable()
         return conn
+
+    def _configure(self, conn: Any) -> None:
+        """Session settings that bound every wait: lock and statement timeouts."""
+        settings = [(name, value) for name, value in (
+            ("lock_timeout", self._lock_timeout), ("statement_timeout", _ms(self._statement_timeout_s)),
+        ) if value is not None]
+        if settings:
+            conn.execute("SELECT " + ", ".join("set_config(%s, %s, false)" for _ in settings),
+                         [x for pair in settings for x in pair])
+
+    def _unreachable(self, exc: BaseException) -> None:
+        """A connection attempt failed: fail fast for a while, and say so once."""
+        if self._down is None:
+            _log.warning("sil-guard: the PostgreSQL store %s is unreachable (%s); operations fail until it is "
+                         "back, and the guard keeps records in memory and retries", redact(self.url),
+                         _redact_text(str(exc).strip(), self.url))
+        self._down = exc
+        self._backoff = min(_BACKOFF_MAX_S, max(_BACKOFF_MIN_S, self._backoff * 2))
+        self._retry_at = time.monotonic() + self._backoff
+
+    def _reachable(self) -> None:
+        if self._down is not None:
+            _log.warning("sil-guard: the PostgreSQL store %s is reachable again", redact(self.url))
+        self._down = None
+        self._backoff = 0.0
 
     def _discard(self) -> None:
         conn, self._conn = self._conn, None
@@ -373,6 +565,9 @@ class PostgresStore(Store):
             while True:
                 conn = self._connection()
                 try:
+                    if not self._ready:  # the first operation that reaches the server migrates
+                        self._migrate(conn)
+                        self._ready = True
                     return fn(conn)
                 except pg.errors.TransactionRollback:
                     conflicts += 1
@@ -428,50 +623,112 @@ class PostgresStore(Store):
         return conn.execute(f"SELECT coalesce(max(version), 0) FROM {self._sql.version_table}").fetchone()[0]
 
     # -- writes ----------------------------------------------------------------------------
-    def write(self, calls: Sequence[CallRecord], feedback: Sequence[Feedback] = ()) -> None:
+    def write(self, calls: Sequence[CallRecord], feedback: Sequence[Feedback] = ()) -> list[CallRecord]:
         if not calls and not feedback:
-            return
+            return []
         # one row per id (the last wins, as in the other backends), in id order so that
         # concurrent batches take row locks in the same order
         unique = sorted({r.id: r for r in calls}.values(), key=lambda r: r.id)
-        rows = [record_to_row(r) for r in unique]
-        feedback = [fb for fb in feedback if fb.call_id is not None]
-        self._run("write", lambda conn: self._write(conn, unique, rows, feedback))
+        feedback = [fb if fb.call_id == _clean(fb.call_id) else replace(fb, call_id=_clean(fb.call_id))
+                    for fb in feedback if fb.call_id is not None]
+        now = time.time()
+        return self._run("write", lambda conn: self._write(conn, unique, feedback, now))
 
-    def _write(self, conn: Any, calls: list[CallRecord], rows: list[tuple], feedback: list[Feedback]) -> None:
+    def _write(self, conn: Any, calls: list[CallRecord], feedback: list[Feedback], now: float) -> list[CallRecord]:
         sql = self._sql
+        judged = Judged()
+        cutoff = now - self.pending_max_age_s
+        ids = [_clean(r.id) for r in calls]
         deltas: dict[CellKey, Cell] = {}
         with conn.transaction():
-            if rows:
-                cur = conn.execute(sql.insert_calls, _columns(rows, len(CALL_COLUMNS)))
-                inserted = {row[0] for row in cur.fetchall()}
-                if inserted:
-                    fresh = [r for r, row in zip(calls, rows) if row[0] in inserted]
-                    deltas = cells_for(fresh)
+            batch = set(ids)
+            others = list(dict.fromkeys(fb.call_id for fb in feedback if fb.call_id not in batch))
+            absent: list[str] = []
+            if others:  # a plain read: which feedback may have to wait for its call
+                stored = {row[0] for row in conn.execute(sql.stored_ids, (others,)).fetchall()}
+                absent = [cid for cid in others if cid not in stored]
+            self._lock_buckets(conn, ids, absent)
+            if calls:
+                waiting = {}
+                for row in conn.execute(sql.take_pending, (ids,)).fetchall():
+                    entry = Pending(*row)
+                    if entry.received >= cutoff:
+                        waiting[entry.call_id] = entry
+                records = [fold_pending(r, waiting.get(cid)) for r, cid in zip(calls, ids)]
+                rows = [record_to_row(r) for r in records]
+                inserted = {row[0] for row in conn.execute(sql.insert_calls, _columns(rows, len(CALL_COLUMNS))).fetchall()}
+                fresh = []
+                for given, record, cid in zip(calls, records, ids):
+                    if cid in inserted:
+                        judged.known(given)
+                        if cid in waiting:
+                            judged.now(record)
+                        fresh.append(record)
+                deltas = cells_for(fresh)
+                # pending feedback of a call stored already applies to it like any feedback
+                late = [fb for cid, entry in waiting.items() if cid not in inserted for fb in entry.as_feedback()]
+                feedback = late + feedback
             if feedback:
-                self._apply_feedback(conn, feedback, deltas)
+                self._apply_feedback(conn, feedback, deltas, judged, now, cutoff, set(absent))
             self._upsert_cells(conn, deltas)
+        return judged.changed()
 
-    def _apply_feedback(self, conn: Any, feedback: list[Feedback], deltas: dict[CellKey, Cell]) -> None:
+    def _lock_buckets(self, conn: Any, shared: Sequence[str], exclusive: Sequence[str]) -> None:
+        """Take the advisory locks of the calls' buckets, in bucket order: shared for
+        records being inserted, exclusive for calls whose feedback may have to wait."""
+        modes: dict[int, bool] = {}
+        for cid in shared:
+            modes.setdefault(_bucket(cid), False)
+        for cid in exclusive:
+            modes[_bucket(cid)] = True
+        if modes:
+            keys = sorted(modes)
+            conn.execute(self._sql.lock_buckets, (self.schema, self.schema, [_PENDING_LOCK_CLASS + k for k in keys],
+                                                  [modes[k] for k in keys])).fetchall()
+
+    def _apply_feedback(self, conn: Any, feedback: list[Feedback], deltas: dict[CellKey, Cell], judged: Judged,
+                        now: float, cutoff: float, exclusive: set[str]) -> None:
         sql = self._sql
-        ids = sorted({_clean(fb.call_id) for fb in feedback})
+        ids = sorted({fb.call_id for fb in feedback})
         locked = {row[0]: row_to_record(row) for row in conn.execute(sql.lock_calls, (ids,)).fetchall()}
         current = dict(locked)
+        missing = [cid for cid in ids if cid not in locked]
+        pending: dict[str, Pending] = {}
+        if missing:
+            late = [cid for cid in missing if cid not in exclusive]
+            if late:  # a call deleted since the first read (retention): lock its bucket now
+                self._lock_buckets(conn, (), late)
+            for row in conn.execute(sql.lock_pending, (missing,)).fetchall():
+                entry = Pending(*row)
+                if entry.received >= cutoff:
+                    pending[entry.call_id] = entry
+        touched: set[str] = set()
         for fb in feedback:
-            call_id = _clean(fb.call_id)
+            call_id = fb.call_id
             before = current.get(call_id)
             if before is None:
-                continue  # unknown id: ignored
-            after = apply_feedback(before, fb)
-            current[call_id] = after
-            _merge(deltas, feedback_delta(before, after))
+                pending[call_id] = merge_pending(pending.get(call_id), fb, now)
+                touched.add(call_id)
+                continue
+            judged.known(before)
+            after = apply_feedback(before, fb, now)
+            if after is not before:
+                current[call_id] = after
+                judged.now(after)
+                _merge(deltas, feedback_delta(before, after))
         changed = [
-            (call_id, r.feedback_success, _float(r.feedback_score))
+            (call_id, r.feedback_success, _float(r.feedback_score), _float(r.feedback_success_ts),
+             _float(r.feedback_score_ts))
             for call_id, r in sorted(current.items())
-            if (r.feedback_success, r.feedback_score) != (locked[call_id].feedback_success, locked[call_id].feedback_score)
+            if r is not locked[call_id]
         ]
         if changed:
-            conn.execute(sql.update_feedback, _columns(changed, 3))
+            conn.execute(sql.update_feedback, _columns(changed, 5))
+        if touched:
+            rows = [_pending_row(pending[cid]) for cid in sorted(touched)]
+            conn.execute(sql.upsert_pending, _columns(rows, len(_PENDING_COLUMNS)))
+            conn.execute(sql.prune_pending_age, (cutoff,))
+            conn.execute(sql.prune_pending_count, (self.pending_max,))
 
     def _upsert_cells(self, conn: Any, deltas: dict[CellKey, Cell]) -> None:
         keys = sorted(key for key, cell in deltas.items() if not cell.is_zero())
@@ -637,6 +894,9 @@ class PostgresStore(Store):
         def run(conn: Any) -> int:
             removed = 0
             with conn.transaction():
+                if self._statement_timeout_s is not None:  # a large backlog may take minutes
+                    conn.execute("SELECT set_config('statement_timeout', %s, true)",
+                                 (_ms(max(self._statement_timeout_s, _RETAIN_TIMEOUT_S)),))
                 if max_age_s is not None:
                     cutoff = now - float(max_age_s)
                     removed += conn.execute(f"DELETE FROM {sql.calls_table} WHERE ts < %s", (cutoff,)).rowcount
@@ -662,6 +922,15 @@ class PostgresStore(Store):
                 _INHERITED.append(self._conn)
                 self._conn = None
             self._discard()
+
+
+def _redact_text(text: str, url: str) -> str:
+    """``text`` without the URL's password, should a driver message quote it."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return text
+    return text.replace(password, "***") if password else text
 
 
 def _dump(value: Any) -> str:

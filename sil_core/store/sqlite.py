@@ -7,6 +7,17 @@ processes on one host may share a file, and may open a file that does not exist 
 same instant: switching to WAL, creating the schema and migrating wait for each other and
 retry within ``busy_timeout_s`` (SQLite answers some of these with "database is locked" at
 once, without calling its busy handler).
+
+Every wait for another process is bounded by ``busy_timeout_s`` (10 s by default, short
+enough for a web request; a write that cannot get the file in time raises
+:class:`~sil_core.errors.StoreError`, which the Guard's writer retries later).
+
+Feedback for a call not stored yet waits in ``sil_pending_feedback`` (one row per call:
+per field the value given last and when, and when it was received) and is folded into
+the record in the batch that stores it. Rows received more than ``pending_max_age_s``
+ago are never applied and are deleted when the store next keeps pending feedback, as are
+the oldest beyond ``pending_max`` rows. Writers take the file's write lock up front, so a
+record and its early feedback can never miss each other.
 """
 
 from __future__ import annotations
@@ -25,15 +36,26 @@ from ..aggregates import ALL_TIME, BUCKET_S, FIELDS, Cell, CellKey, cells_for, f
 from ..errors import StoreError
 from ..records import CallRecord, Feedback
 from ._paths import prepare_folder
-from .base import Store
-from .memory import apply_feedback
+from .base import (
+    PENDING_MAX,
+    PENDING_MAX_AGE_S,
+    Judged,
+    Pending,
+    Store,
+    apply_feedback,
+    fold_pending,
+    merge_pending,
+    pending_bounds,
+)
 
 __all__ = ("SqliteStore",)
 
 CALL_COLUMNS = (
     "id", "target", "ts", "duration_s", "outcome", "error_type", "error_message", "version",
     "arm", "attempt", "score", "context", "feedback_success", "feedback_score",
+    "feedback_success_ts", "feedback_score_ts",
 )
+_PENDING_COLS = "call_id, success, success_ts, score, score_ts, received"
 _CELL_COLS = ", ".join(FIELDS)
 _CELL_UPSERT = (
     f"INSERT INTO sil_cells (target, version, arm, hour, {_CELL_COLS}) "
@@ -82,6 +104,15 @@ MIGRATIONS = (
     CREATE INDEX sil_trail_target ON sil_trail (target, seq);
     """,
     "ALTER TABLE sil_cells ADD COLUMN n_retried INTEGER NOT NULL DEFAULT 0",
+    """
+    ALTER TABLE sil_calls ADD COLUMN feedback_success_ts REAL;
+    ALTER TABLE sil_calls ADD COLUMN feedback_score_ts REAL;
+    CREATE TABLE sil_pending_feedback (
+        call_id TEXT PRIMARY KEY, success INTEGER, success_ts REAL, score REAL, score_ts REAL,
+        received REAL NOT NULL
+    );
+    CREATE INDEX sil_pending_feedback_received ON sil_pending_feedback (received)
+    """,
 )
 _LOCKED = ("locked", "busy")
 
@@ -98,7 +129,18 @@ def record_to_row(r: CallRecord) -> tuple:
         r.id, r.target, r.ts, r.duration_s, r.outcome, r.error_type, r.error_message, r.version,
         r.arm, r.attempt, r.score, r.context,
         None if r.feedback_success is None else int(r.feedback_success), r.feedback_score,
+        r.feedback_success_ts, r.feedback_score_ts,
     )
+
+
+def _row_to_pending(row: Sequence) -> Pending:
+    cid, success, success_ts, score, score_ts, received = row
+    return Pending(cid, None if success is None else bool(success), success_ts, score, score_ts, received)
+
+
+def _chunks(items: Sequence, size: int = 500) -> Iterator[Sequence]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
 
 
 class SqliteStore(Store):
@@ -106,7 +148,12 @@ class SqliteStore(Store):
 
     capabilities = frozenset({"retention", "multiprocess"})
 
-    def __init__(self, path: str | Path, *, busy_timeout_s: float = 30.0, synchronous: str = "NORMAL") -> None:
+    def __init__(self, path: str | Path, *, busy_timeout_s: float = 10.0, synchronous: str = "NORMAL",
+                 pending_max_age_s: float = PENDING_MAX_AGE_S, pending_max: int = PENDING_MAX) -> None:
+        """``busy_timeout_s`` bounds every wait for another process's lock (raises
+        :class:`StoreError` when it expires); ``pending_max_age_s``/``pending_max`` bound
+        the feedback kept for calls not stored yet."""
+        self.pending_max_age_s, self.pending_max = pending_bounds(pending_max_age_s, pending_max)
         self.path = Path(path)
         self.url = f"sqlite:///{self.path}"
         prepare_folder(self.path.parent, self.url)
@@ -210,30 +257,108 @@ class SqliteStore(Store):
                     conn.execute("UPDATE sil_schema_version SET version = ?", (number,))
 
     # -- writes ----------------------------------------------------------------------------
-    def write(self, calls: Sequence[CallRecord], feedback: Sequence[Feedback] = ()) -> None:
+    def write(self, calls: Sequence[CallRecord], feedback: Sequence[Feedback] = ()) -> list[CallRecord]:
         if not calls and not feedback:
-            return
+            return []
+        now = time.time()
         with self._tx() as conn:
-            fresh = self._new_calls(conn, calls)
-            if fresh:
-                conn.executemany(_INSERT_CALL, [record_to_row(r) for r in fresh])
-            deltas = cells_for(fresh)
+            return self._write(conn, calls, feedback, now)
+
+    def _write(self, conn: sqlite3.Connection, calls: Sequence[CallRecord], feedback: Sequence[Feedback],
+               now: float) -> list[CallRecord]:
+        judged = Judged()
+        cutoff = now - self.pending_max_age_s
+        fresh = self._new_calls(conn, calls)
+        for r in fresh:
+            judged.known(r)
+        if fresh and conn.execute("SELECT EXISTS (SELECT 1 FROM sil_pending_feedback)").fetchone()[0]:
+            waiting = self._take_pending(conn, [r.id for r in fresh], cutoff)
+            if waiting:
+                fresh = [fold_pending(r, waiting.get(r.id)) for r in fresh]
+                for r in fresh:
+                    if r.id in waiting:
+                        judged.now(r)
+        if fresh:
+            conn.executemany(_INSERT_CALL, [record_to_row(r) for r in fresh])
+        deltas = cells_for(fresh)
+        if feedback:
+            ids = list(dict.fromkeys(fb.call_id for fb in feedback))
+            stored = self._load_calls(conn, ids)
+            states = dict(stored)
+            missing = [cid for cid in ids if cid not in stored]
+            pending = self._load_pending(conn, missing, cutoff) if missing else {}
+            touched: set[str] = set()
             for fb in feedback:
-                row = conn.execute(_SELECT_CALL + " WHERE id = ?", (fb.call_id,)).fetchone()
-                if row is None:
+                before = states.get(fb.call_id)
+                if before is None:
+                    pending[fb.call_id] = merge_pending(pending.get(fb.call_id), fb, now)
+                    touched.add(fb.call_id)
                     continue
-                old = row_to_record(row)
-                new = apply_feedback(old, fb)
-                conn.execute(
-                    "UPDATE sil_calls SET feedback_success = ?, feedback_score = ? WHERE id = ?",
-                    (None if new.feedback_success is None else int(new.feedback_success), new.feedback_score, fb.call_id),
+                judged.known(before)
+                after = apply_feedback(before, fb, now)
+                if after is not before:
+                    states[fb.call_id] = after
+                    judged.now(after)
+                    for key, cell in feedback_delta(before, after).items():
+                        if key in deltas:
+                            deltas[key].add(cell)
+                        else:
+                            deltas[key] = cell
+            updates = [r for cid, r in states.items() if r is not stored[cid]]
+            if updates:
+                conn.executemany(
+                    "UPDATE sil_calls SET feedback_success = ?, feedback_score = ?, feedback_success_ts = ?, "
+                    "feedback_score_ts = ? WHERE id = ?",
+                    [(None if r.feedback_success is None else int(r.feedback_success), r.feedback_score,
+                      r.feedback_success_ts, r.feedback_score_ts, r.id) for r in updates],
                 )
-                for key, cell in feedback_delta(old, new).items():
-                    if key in deltas:
-                        deltas[key].add(cell)
-                    else:
-                        deltas[key] = cell
-            self._upsert_cells(conn, deltas)
+            if touched:
+                self._keep_pending(conn, [pending[cid] for cid in touched], cutoff)
+        self._upsert_cells(conn, deltas)
+        return judged.changed()
+
+    @staticmethod
+    def _load_calls(conn: sqlite3.Connection, ids: Sequence[str]) -> dict[str, CallRecord]:
+        out: dict[str, CallRecord] = {}
+        for chunk in _chunks(ids):
+            for row in conn.execute(f"{_SELECT_CALL} WHERE id IN ({', '.join('?' for _ in chunk)})", chunk):
+                out[row[0]] = row_to_record(row)
+        return out
+
+    @staticmethod
+    def _load_pending(conn: sqlite3.Connection, ids: Sequence[str], cutoff: float) -> dict[str, Pending]:
+        """The pending feedback of these calls, received since ``cutoff`` (older is void)."""
+        out: dict[str, Pending] = {}
+        for chunk in _chunks(ids):
+            for row in conn.execute(
+                f"SELECT {_PENDING_COLS} FROM sil_pending_feedback "
+                f"WHERE received >= ? AND call_id IN ({', '.join('?' for _ in chunk)})", [cutoff, *chunk]
+            ):
+                out[row[0]] = _row_to_pending(row)
+        return out
+
+    def _take_pending(self, conn: sqlite3.Connection, ids: Sequence[str], cutoff: float) -> dict[str, Pending]:
+        """Remove and return the pending feedback of calls being stored now."""
+        found = self._load_pending(conn, ids, cutoff)
+        for chunk in _chunks(ids):
+            conn.execute(f"DELETE FROM sil_pending_feedback WHERE call_id IN ({', '.join('?' for _ in chunk)})", chunk)
+        return found
+
+    def _keep_pending(self, conn: sqlite3.Connection, entries: list[Pending], cutoff: float) -> None:
+        """Store merged pending entries, then prune: rows received before ``cutoff``, and
+        the oldest received beyond ``pending_max``."""
+        conn.executemany(
+            f"INSERT INTO sil_pending_feedback ({_PENDING_COLS}) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (call_id) DO UPDATE SET success = excluded.success, success_ts = excluded.success_ts, "
+            "score = excluded.score, score_ts = excluded.score_ts, received = excluded.received",
+            [(p.call_id, None if p.success is None else int(p.success), p.success_ts, p.score, p.score_ts,
+              p.received) for p in entries],
+        )
+        conn.execute("DELETE FROM sil_pending_feedback WHERE received < ?", (cutoff,))
+        conn.execute(
+            "DELETE FROM sil_pending_feedback WHERE call_id IN (SELECT call_id FROM sil_pending_feedback "
+            "ORDER BY received DESC, call_id DESC LIMIT -1 OFFSET ?)", (self.pending_max,),
+        )
 
     @staticmethod
     def _new_calls(conn: sqlite3.Connection, calls: Sequence[CallRecord]) -> list[CallRecord]:

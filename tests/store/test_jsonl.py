@@ -164,8 +164,9 @@ def test_a_killed_writer_is_repaired_by_the_next_write(store):
 # -- feedback ------------------------------------------------------------------------------
 def test_feedback_is_a_line_folded_into_its_record(path, store):
     store.write([rec(1), rec(2)])
-    store.write([], [Feedback("agent-1", success=False, score=0.0)])
-    assert json.loads(lines(store)[-1]) == {"feedback": "agent-1", "success": False, "score": 0.0}
+    store.write([], [Feedback("agent-1", success=False, score=0.0, ts=NOW + 5)])
+    # the line carries when the feedback was given (the latest-given wins, per field)
+    assert json.loads(lines(store)[-1]) == {"feedback": "agent-1", "success": False, "score": 0.0, "ts": NOW + 5}
     again = JsonlStore(path)
     try:
         got = again.get_call("agent-1")
