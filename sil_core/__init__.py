@@ -23,6 +23,7 @@ from .notify import LoggingNotifier, Notifier, TelegramNotifier, WebhookNotifier
 from .outcomes import classify_exception, register_control_flow
 from .records import CallRecord, Feedback, Outcome
 from .seed_stores import JsonlTraceStore, SQLiteTraceStore
+from .shared_adapter import SharedConfigAdapter
 from .store import Store, default_store_url, open_store
 from .thresholds import PROFILES, AdaptiveThreshold, ThresholdProfile
 from .yijing import (
@@ -59,6 +60,7 @@ __all__ = (
     "RolloutPolicy",
     "SQLiteTraceStore",
     "SelfImprovingLoop",
+    "SharedConfigAdapter",
     "SilError",
     "State",
     "Stats",

@@ -9,7 +9,8 @@ The contract is the seed's, keyword arguments included (the guard always calls w
 
 Two adapters ship here: :class:`DictConfigAdapter` (configs in memory) and
 :class:`JsonFileConfigAdapter` (one JSON file per target, written atomically, restored byte
-for byte).
+for byte). A third, :class:`~sil_core.shared_adapter.SharedConfigAdapter`, keeps configs in
+the guard's store, for more than one process.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import copy
 import hashlib
 import importlib
 import json
+import logging
 import os
 import threading
 from pathlib import Path
@@ -140,9 +142,10 @@ class JsonFileConfigAdapter:
 SPEC_KINDS = {"hermes_skill": "sil_hermes.skills:SkillConfigAdapter"}
 
 
-def adapter_from_spec(spec: dict[str, Any] | None) -> ConfigAdapter | None:
+def adapter_from_spec(spec: dict[str, Any] | None, *, store: Any = None) -> ConfigAdapter | None:
     """Rebuild an adapter from its :meth:`spec` (``None`` when it cannot be rebuilt here,
-    e.g. the package that owns it is not installed)."""
+    e.g. the package that owns it is not installed). ``store`` is the store the spec was
+    read from: an adapter whose configs live in that store reuses it."""
     if not spec:
         return None
     kind = spec.get("kind")
@@ -150,6 +153,15 @@ def adapter_from_spec(spec: dict[str, Any] | None) -> ConfigAdapter | None:
         adapter = JsonFileConfigAdapter(spec["path"], per_target=spec.get("per_target", False), indent=spec.get("indent", 2))
         adapter.remember(spec)
         return adapter
+    if kind == "shared":
+        from .errors import SilError
+        from .shared_adapter import SharedConfigAdapter  # here: it imports this module
+
+        try:
+            return SharedConfigAdapter.from_spec(spec, store=store)
+        except SilError as exc:  # a store that is gone, unreachable, or only in another process
+            logging.getLogger("sil_core").warning("cannot rebuild the SharedConfigAdapter: %s", exc)
+            return None
     if kind in SPEC_KINDS:
         module, _, name = SPEC_KINDS[kind].partition(":")
         try:
