@@ -9,11 +9,12 @@ import importlib.metadata as _metadata
 
 from .adapters import ConfigAdapter, DictConfigAdapter, JsonFileConfigAdapter
 from .aggregates import Stats
-from .calls import CallHandle, CallInfo, current_call
+from .calls import CallHandle, CallInfo, current_call, last_call
 from .detect import Verdict
 from .errors import ConfigError, MissingExtra, SilError, StoreError
 from .compat import AutoRollback, SelfImprovingLoop
 from .guard import Guard
+from .health import Health
 from .policy import RolloutPolicy
 from .rollout import Change, InvalidTransition, State
 from .strategies import Strategy, StrategyDecision
@@ -50,6 +51,7 @@ __all__ = (
     "DictConfigAdapter",
     "Feedback",
     "Guard",
+    "Health",
     "InvalidTransition",
     "JsonFileConfigAdapter",
     "JsonlTraceStore",
@@ -79,6 +81,7 @@ __all__ = (
     "current_call",
     "default_store_url",
     "identify_hexagram",
+    "last_call",
     "open_store",
     "policy_for_hexagram",
     "register_control_flow",

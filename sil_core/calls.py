@@ -10,16 +10,18 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
+import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from ._internal.failopen import report
 from ._internal.ids import new_id
+from ._internal.validate import finite
 
 if TYPE_CHECKING:
     from .guard import Guard
 
-__all__ = ("CallHandle", "CallInfo", "current_call")
+__all__ = ("CallHandle", "CallInfo", "current_call", "last_call")
 
 _perf = time.perf_counter
 _now = time.time
@@ -33,29 +35,49 @@ class CallInfo:
 
     ``config`` is the config of the version serving the call: the arm's during a change;
     before a target's first change, what its adapter holds (read when asked for), or
-    ``None`` without an adapter."""
+    ``None`` without an adapter. ``call_id`` is the id the call's record will carry, for
+    :meth:`Guard.feedback <sil_core.Guard.feedback>` (made when first asked for)."""
 
-    __slots__ = ("target", "version", "arm", "_config", "_read")
+    __slots__ = ("target", "version", "arm", "_config", "_id")
 
-    def __init__(self, target: str, version: str | None, arm: str | None, config: dict | None,
-                 read: Callable[[], dict | None] | None = None) -> None:
-        self.target, self.version, self.arm, self._config, self._read = target, version, arm, config, read
+    def __init__(self, target: str, version: str | None, arm: str | None,
+                 config: dict | Callable[[], dict | None] | None, call_id: str | None = None) -> None:
+        # ``config`` may be a function that reads it when asked for (a target without versions)
+        self.target, self.version, self.arm, self._config, self._id = target, version, arm, config, call_id
 
     @property
     def config(self) -> dict | None:
-        return self._config if self._read is None else self._read()
+        config = self._config
+        return config() if callable(config) else config
+
+    @property
+    def call_id(self) -> str:
+        if self._id is None:
+            with _id_lock:  # the caller and the writer may ask at once: one id
+                if self._id is None:
+                    self._id = new_id()
+        return self._id
 
     def __repr__(self) -> str:
         return f"CallInfo(target={self.target!r}, version={self.version!r}, arm={self.arm!r})"
 
 
+_id_lock = threading.Lock()
 _current: contextvars.ContextVar[CallInfo | None] = contextvars.ContextVar("sil_current_call", default=None)
+_last: contextvars.ContextVar[CallInfo | None] = contextvars.ContextVar("sil_last_call", default=None)
 
 
 def current_call() -> CallInfo | None:
-    """Inside a guarded call: its target, version, arm and config (the arm's config during
-    a canary; before the target's first change, its adapter's config). ``None`` elsewhere."""
+    """Inside a guarded call: its target, version, arm, config (the arm's config during a
+    canary; before the target's first change, its adapter's config) and ``call_id``.
+    ``None`` elsewhere."""
     return _current.get()
+
+
+def last_call() -> CallInfo | None:
+    """The guarded call that last finished in this thread or task (``None`` before any):
+    how the caller of a ``@guard.track`` function gets its ``call_id`` for feedback."""
+    return _last.get()
 
 
 def judge_result(success: Callable[[Any], Any] | None, result: Any) -> Any:
@@ -179,7 +201,9 @@ class CallHandle:
     """One call being recorded: ``with guard.call("t") as call:`` or ``async with``.
 
     Set ``call.success = False`` to record a failure without raising, ``call.score`` for a
-    quality score, ``call.latency_s`` to record a latency measured elsewhere. Read
+    quality score, ``call.latency_s`` to record a latency measured elsewhere (a value that
+    is not a finite number, or a negative latency, is dropped and counted: the measured
+    latency and no score are recorded instead). Read
     ``call.call_id`` (for later ``guard.feedback``), ``call.version``, ``call.arm`` and
     ``call.config``: the config of the version serving this call (during a canary, the
     baseline's or the candidate's; before a target's first change, its adapter's config,
@@ -199,6 +223,9 @@ class CallHandle:
         self.latency_s: float | None = None
         self.call_id = new_id()
         self._route, self._token = guard._start_call(target, key)
+        info = _current.get()
+        if self._token is not None and info is not None:
+            info._id = self.call_id  # current_call().call_id inside the block is this call's
         self.version, self.arm, self._config = self._route if self._route else (None, None, None)
         self._ts = self._t0 = 0.0
 
@@ -214,10 +241,12 @@ class CallHandle:
         return self
 
     def _record(self, exc: BaseException | None):
-        duration = self.latency_s if self.latency_s is not None else _perf() - self._t0
+        measured = _perf() - self._t0
+        duration = measured if self.latency_s is None else finite(self.latency_s, "call.latency_s", minimum=0.0)
+        score = finite(self.score, "call.score")
         ok = True if self.success is None or self.success else MARKED_FAILED
-        return self.guard._finish(self.target, self._ts, duration, exc, ok, self._route, self._token,
-                                  self.call_id, self.context, self.score)
+        return self.guard._finish(self.target, self._ts, measured if duration is None else duration, exc, ok,
+                                  self._route, self._token, self.call_id, self.context, score)
 
     def __exit__(self, et, exc, tb) -> bool:
         self.guard._put(self._record(exc))

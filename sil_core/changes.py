@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import os
 import random
 import socket
@@ -20,8 +21,9 @@ import time
 import zlib
 from typing import TYPE_CHECKING, Any, Callable
 
-from ._internal.failopen import fail_open, report
+from ._internal.failopen import fail_open, logger as _log, report
 from ._internal.ids import new_id
+from ._internal.worker import BackgroundWorker
 from .adapters import ConfigAdapter, adapter_from_spec, merge_patch
 from .aggregates import BUCKET_S, Cell, merge
 from .detect import TripwireState, Verdict, is_outage, judge
@@ -32,6 +34,7 @@ from .records import CallRecord, Outcome
 from .rollout import IN_FLIGHT, Change, InvalidTransition, State, check_transition
 from .trail import append_event
 from .versions import get_version, put_version
+from .watch import post_promotion, settled
 
 if TYPE_CHECKING:
     from .guard import Guard
@@ -40,6 +43,11 @@ __all__ = ("ChangeManager",)
 
 _mono = time.monotonic
 LEASE_S = 60.0
+_LOG_LEVELS = {"rollback_succeeded": logging.WARNING, "restore_failed": logging.ERROR, "reverted": logging.WARNING}
+#: how often a promoted version's watch judges it at most (per worker)
+WATCH_EVERY_S = 5.0
+#: how long a call of a target this worker has never seen waits for its first read
+FIRST_READ_S = 0.02
 MAX_RESTORE_ATTEMPTS = 10
 CANDIDATE, BASELINE = "candidate", "baseline"
 
@@ -88,7 +96,11 @@ class ChangeManager:
         self._wires: dict[str, TripwireState] = {}  # change id -> the tripwire row as last seen
         self._p95_looks: dict[str, int] = {}
         self._watch: set[str] = set()  # targets with a change in flight, known to this worker
+        self._watching: set[str] = set()  # targets whose promoted version is still watched
+        self._watch_looks: dict[str, float] = {}  # change id -> when its watch judges next
         self._scan: tuple[float, bool] = (0.0, False)  # (valid until, found) of any_in_flight
+        self._refreshing: dict[str, threading.Event] = {}  # targets being re-read in the background
+        self._refresher = BackgroundWorker("sil-refresh", self._background_refresh)
         self._lock = threading.RLock()
 
     @property
@@ -97,10 +109,48 @@ class ChangeManager:
 
     # -- the hot path ---------------------------------------------------------------------
     def view(self, target: str) -> _View:
+        """The target's view for a call: never waits on the store (see :meth:`_served`),
+        except with ``refresh_s == 0``, which asks for a fresh read on every call."""
+        v = self._views.get(target)
+        if v is not None and _mono() <= v.expires:
+            return v
+        if self.refresh_s <= 0:
+            return self._refresh(target)
+        return self._served(target, v)
+
+    def view_now(self, target: str) -> _View:
+        """The target's view, read from the store now if it expired (off the hot path)."""
         v = self._views.get(target)
         if v is None or _mono() > v.expires:
             v = self._refresh(target)
         return v
+
+    def _served(self, target: str, stale: _View | None) -> _View:
+        """An expired view keeps serving while a background thread re-reads it. A target
+        never seen here waits at most ``FIRST_READ_S`` for its first read; if the store is
+        slower than that, the call is served as a target without a change (its record carries
+        no version or arm: unattributed, never misattributed) until the read lands."""
+        with self._lock:
+            pending = self._refreshing.get(target)
+            if pending is None:
+                pending = self._refreshing[target] = threading.Event()
+                self._refresher.submit(target)
+        if stale is not None:
+            return stale
+        pending.wait(FIRST_READ_S)
+        return self._views.get(target) or _View(target, 0.0)
+
+    def _background_refresh(self, target: str) -> None:
+        try:
+            self._refresh(target)
+        finally:
+            with self._lock:
+                done = self._refreshing.pop(target, None)
+            if done is not None:
+                done.set()
+
+    def close(self) -> None:
+        self._refresher.close(0.0)
 
     def route(self, target: str, key: Any = None) -> tuple[str | None, str | None, dict | None]:
         """``(version, arm, config)`` serving one call of ``target``."""
@@ -134,6 +184,11 @@ class ChangeManager:
                         self._watch.add(target)
                     else:
                         self._watch.discard(target)
+                    if row["state"] == State.PROMOTED and time.time() < row.get("watch_until", 0) \
+                            and not row.get("watch_alerted") and row.get("kind") != "revert":
+                        self._watching.add(target)
+                    else:
+                        self._watching.discard(target)
                 if row["state"] not in IN_FLIGHT:
                     self._forget(row["id"])
         except Exception as exc:  # a broken store: keep serving what we knew (fail open)
@@ -179,6 +234,10 @@ class ChangeManager:
         return None
 
     def _notify(self, type: str, target: str, message: str, **data: Any) -> None:
+        """Tell the notifiers, and the ``sil_core`` logger (WARNING for what undoes or fails,
+        INFO for the rest), so a decision is seen even without a notifier."""
+        if type != "watch_regressed":  # logged where it is decided, with its reason
+            _log.log(_LOG_LEVELS.get(type, logging.INFO), "sil-guard: %s", message)
         self.guard.emit({"type": type, "target": target, "ts": time.time(), "message": message, **data})
 
     # -- propose --------------------------------------------------------------------------
@@ -327,7 +386,7 @@ class ChangeManager:
         return _cell_dump(frozen)
 
     def _adapter_for(self, target: str, row: dict | None) -> ConfigAdapter | None:
-        return self.adapters.get(target) or self.guard.adapter or adapter_from_spec((row or {}).get("adapter_spec"))
+        return self.adapters.get(target) or self.guard.adapter or adapter_from_spec((row or {}).get("adapter_spec"), store=self.store)
 
     def adapter_for(self, target: str) -> ConfigAdapter | None:
         """The adapter this worker would act through (see ``Guard.adapter_for``)."""
@@ -336,7 +395,7 @@ class ChangeManager:
             return found
         for row in reversed(self.rows(target)):
             if row.get("adapter_spec"):
-                return adapter_from_spec(row["adapter_spec"])
+                return adapter_from_spec(row["adapter_spec"], store=self.store)
         return None
 
     # -- evidence and judging -------------------------------------------------------------
@@ -367,10 +426,12 @@ class ChangeManager:
         not the change; ``benchmarks/detection.py`` measures both rules).
         """
         with self._lock:
-            watch = set(self._watch)
+            watch, watching = set(self._watch), set(self._watching)
         due: set[str] = set()
         fresh: dict[str, tuple[_View, list[CallRecord], list[CallRecord]]] = {}
         for r in calls:
+            if r.target in watching and r.success is not None:
+                due.add(r.target)  # a promoted version under watch
             if r.target not in watch or r.arm is None or r.success is None:
                 continue
             due.add(r.target)
@@ -380,7 +441,10 @@ class ChangeManager:
         for r in judged:
             if r.success is None:
                 continue
-            v = self.view(r.target)  # a worker that only took feedback may not know the change yet
+            v = self.view_now(r.target)  # a worker that only took feedback may not know the change yet
+            if v.change_id is not None and v.state == State.PROMOTED and r.target in self._watching:
+                due.add(r.target)  # late feedback on the canary of a promoted version under watch
+                continue
             if v.change_id is None or v.state not in (State.CANARY, State.PAUSED):
                 continue
             due.add(r.target)
@@ -489,6 +553,8 @@ class ChangeManager:
             else:
                 self.promote(target, verdict, actor=request["actor"])
             return verdict
+        if row["state"] == State.PROMOTED:
+            return self._watch_promoted(row)
         if row["state"] != State.CANARY:
             return None
         policy = RolloutPolicy.from_dict(row["policy"])
@@ -517,6 +583,8 @@ class ChangeManager:
             decided = {"keep": "promote", "hold": "pause", "rollback": "rollback"}[policy.on_inconclusive]
             verdict = Verdict(verdict.kind, f"horizon of {policy.horizon} candidate calls reached without a "
                               f"decision: on_inconclusive={policy.on_inconclusive!r}", "horizon", verdict.evidence)
+        if decided == "promote" and policy.feedback_window_s > 0:
+            decided, verdict = self._settled_decision(row, policy, base, cand, verdict)
         if decided and policy.observe_only:
             if row.get("observed") != decided:
                 got = self.store.kv_get("change", cid)
@@ -536,6 +604,67 @@ class ChangeManager:
                 verdict.kind == Verdict.HEALTHY or n_b - row.get("step_started_n", 0) >= policy.step_calls):
             self._advance(row, n_b)
         return verdict
+
+    def _settled_decision(self, row: dict, policy: RolloutPolicy, base: Cell, cand: Cell,
+                          verdict: Verdict) -> tuple[str | None, Verdict]:
+        """A promotion judged again on calls older than the feedback window (see watch.py)."""
+        kept = settled(self.store, row, base, cand, policy.feedback_window_s)
+        if kept is None:
+            return None, Verdict(Verdict.INCONCLUSIVE, f"healthy, but more calls than can be read back arrived in "
+                                 f"the last {policy.feedback_window_s:g} s: waiting for feedback", verdict.metric,
+                                 verdict.evidence)
+        again = judge(*kept, policy)
+        window = {**again.evidence, "feedback_window_s": policy.feedback_window_s}
+        if again.kind == Verdict.REGRESSED:
+            return "rollback", Verdict(again.kind, again.reason, again.metric, window)
+        settled_n = kept[1].successes + kept[1].failures
+        if again.kind == Verdict.HEALTHY or (verdict.metric == "horizon" and settled_n >= policy.horizon):
+            reason = f"{again.reason} (calls older than the {policy.feedback_window_s:g} s feedback window)"
+            return "promote", Verdict(verdict.kind, reason if verdict.metric != "horizon" else verdict.reason,
+                                      verdict.metric, window)
+        return None, Verdict(Verdict.INCONCLUSIVE, f"healthy on every call, not yet on calls older than the "
+                             f"{policy.feedback_window_s:g} s feedback window: waiting for feedback", again.metric,
+                             window)
+
+    def _watch_promoted(self, row: dict) -> Verdict | None:
+        """Judge a promoted version against its change's baseline while its watch lasts;
+        alert once on a regression (and revert, if the policy says so)."""
+        policy = RolloutPolicy.from_dict(row["policy"])
+        if time.time() > row.get("watch_until", 0) or row.get("watch_alerted") or row.get("kind") == "revert":
+            with self._lock:
+                self._watching.discard(row["target"])
+            self._watch_looks.pop(row["id"], None)
+            return None
+        cid = row["id"]
+        if _mono() < self._watch_looks.get(cid, 0.0):
+            return None
+        self._watch_looks[cid] = _mono() + WATCH_EVERY_S
+        base, cand = self.evidence(row)
+        if base.successes + base.failures < policy.min_calls and row.get("watch_baseline"):
+            base = _cell_load(row["watch_baseline"])  # a canary promoted early: the baseline's own history
+        cand.add(post_promotion(self.store.cells(row["target"]), row))
+        verdict = judge(base, cand, policy)
+        if verdict.kind != Verdict.REGRESSED:
+            return verdict
+        got = self.store.kv_get("change", cid)
+        if got is None or got[0].get("watch_alerted"):
+            return verdict
+        got[0]["watch_alerted"] = time.time()
+        if self.store.kv_put("change", cid, got[0], expect_rev=got[1]) is None:
+            return verdict  # another worker alerts
+        target = row["target"]
+        reason = f"after its promotion, {verdict.reason}"
+        self._trail("watch_regressed", target, cid, verdict=verdict.as_dict(), version=row["candidate_version"],
+                    action=policy.on_watch_regression)
+        self._notify("watch_regressed", target, f"{target}: promoted {row['candidate_version']} regressed: {reason}",
+                     change_id=cid, level="warning")
+        _log.warning("sil-guard: %s: the promoted version %s regressed: %s", target, row["candidate_version"], reason)
+        if policy.on_watch_regression == "revert":
+            with fail_open("watch.revert"):
+                self.revert(target, row["baseline_version"], adapter=None, actor=self.worker_id)
+        with self._lock:
+            self._watching.discard(target)
+        return Verdict(verdict.kind, reason, verdict.metric, verdict.evidence)
 
     def _advance(self, row: dict, n_b: int) -> None:
         got = self.store.kv_get("change", row["id"])
@@ -658,12 +787,21 @@ class ChangeManager:
                 self._commit(row, rev, state=State.PAUSED, reason=f"promotion failed: apply_config gave {applied!r}")
                 return False
         verdict_dict = verdict.as_dict() if verdict else None
+        policy = RolloutPolicy.from_dict(row["policy"])
+        promoted = (self.store.cells(target).get((row["candidate_version"], "")) or Cell())
+        watch = {}
+        if policy.watch_hours > 0:
+            watch = {"snapshot_promoted": _cell_dump(promoted), "watch_until": time.time() + policy.watch_hours * 3600,
+                     "watch_baseline": row.get("frozen_baseline") or self._frozen_baseline(
+                         target, row["baseline_version"], policy, unversioned=row.get("baseline_unversioned", False))}
         if not self._commit(row, rev, state=State.PROMOTED, verdict=verdict_dict, weight=1.0,
-                            reason=verdict.reason if verdict else "promoted"):
+                            reason=verdict.reason if verdict else "promoted", **watch):
             return False
         self._update_head(target, lambda h: h.update(active=row["candidate_version"]))
         with self._lock:
             self._watch.discard(target)
+            if policy.watch_hours > 0:
+                self._watching.add(target)
         self._forget(row["id"])
         self._trail("promoted", target, row["id"], actor, verdict=verdict_dict, version=row["candidate_version"])
         self._notify("promoted", target, f"{target}: promoted {row['candidate_version']}"
@@ -807,7 +945,7 @@ class ChangeManager:
     def tick(self) -> None:
         """Periodic work of this worker: restores to retry, requests to serve, horizons."""
         with self._lock:
-            targets = list(self._watch)
+            targets = list(self._watch | self._watching)
         for target in targets:
             with fail_open("change.tick"):
                 self.evaluate(target)

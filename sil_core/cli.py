@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import textwrap
+import time
 from dataclasses import asdict
 from datetime import datetime, timedelta, timezone
 from typing import Any, Sequence
@@ -145,6 +146,25 @@ def status_rows(guard: Any, *, since: float | None = None, all_versions: bool = 
             "versions": rows, "arms": arms,
         })
     return out
+
+
+def worker_rows(store: Store, *, max_age_s: float = 3600.0) -> list[dict]:
+    """The health every worker wrote to the store (``guard.health()``), seen within the hour."""
+    now = time.time()
+    rows = [{**value, "age_s": now - value.get("ts", 0.0)} for _, value, _ in store.kv_list("worker")]
+    return sorted((r for r in rows if r["age_s"] <= max_age_s), key=lambda r: r["age_s"])
+
+
+def _print_workers(workers: list[dict]) -> None:
+    if not workers:
+        return
+    print()
+    print("workers (their last health report):")
+    _print_table(("worker", "seen", "pending", "written", "dropped", "set aside", "invalid", "store", "last write error"),
+                 [(w["worker_id"], f"{w['age_s']:.0f}s ago", w["pending"], w["written"],
+                   w["dropped"] + w["dropped_after_close"], w["set_aside"], sum((w.get("invalid_values") or {}).values()),
+                   "ok" if w["store_reachable"] else "UNREACHABLE", w["last_write_error"] or "-") for w in workers],
+                 indent="  ")
 
 
 def _rate(row: dict) -> tuple[str, str]:
@@ -398,10 +418,13 @@ def _run(store: Store, args: argparse.Namespace) -> int:
     try:
         if args.command == "status":
             entries = status_rows(guard, since=args.since, all_versions=args.all_versions, targets=args.targets)
+            workers = worker_rows(store)
             if args.json:
-                print(json.dumps({"store": masked_url(store.url), "since": args.since, "targets": entries}, indent=2))
+                print(json.dumps({"store": masked_url(store.url), "since": args.since, "targets": entries,
+                                  "workers": workers}, indent=2))
             else:
                 _print_status(entries, store.url, args.since)
+                _print_workers(workers)
             return DONE
         listed = guard.changes(args.target)
         if args.json:

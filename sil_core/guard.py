@@ -33,13 +33,16 @@ from ._internal import exits
 from ._internal.failopen import fail_open, report
 from ._internal.ids import new_id
 from ._internal.jsonsafe import error_message
+from ._internal import validate
+from ._internal.validate import finite
 from ._internal.worker import BackgroundWorker
 from ._internal.writer import Writer
-from .adapters import ConfigAdapter
+from .adapters import ConfigAdapter, DictConfigAdapter
 from .aggregates import BUCKET_S, Stats, merge
-from .calls import CallHandle, CallInfo, _current, wrap
+from .calls import CallHandle, CallInfo, _current, _last, wrap
 from .changes import ChangeManager, default_worker_id
 from .detect.verdict import Verdict
+from .health import HEARTBEAT_S, Health
 from .errors import ConfigError
 from .notify import Notifier
 from .outcomes import classify_exception
@@ -76,6 +79,30 @@ def _slim(r: CallRecord) -> tuple:
 def _unslim(call_id: str, slim: tuple) -> CallRecord:
     target, ts, outcome, version, arm, feedback_success = slim
     return CallRecord(call_id, target, ts, 0.0, outcome, version=version, arm=arm, feedback_success=feedback_success)
+
+
+def _as_stored(calls: list[CallRecord], changed: list[CallRecord]) -> tuple[list[CallRecord], list[CallRecord]]:
+    """The batch's calls as the store now holds them (feedback that waited for them folded
+    in), and the earlier canary calls that the batch's feedback changed."""
+    if not changed:
+        return calls, []
+    now = {r.id: r for r in changed}
+    ids = {r.id for r in calls}
+    return [now.get(r.id, r) for r in calls], [r for r in changed if r.id not in ids and r.arm is not None]
+
+
+_warned_local: set[str] = set()
+
+
+def _warn_process_local(store: Store) -> None:
+    """Once per store: a config held in one process's memory, with a store others share."""
+    key = repr(store)
+    if key in _warned_local:
+        return
+    _warned_local.add(key)
+    _log.warning("sil-guard: DictConfigAdapter keeps configs in this process's memory, but %r is shared by other "
+                 "processes: a promotion here is invisible to them, and a restart serves the original config. "
+                 "Use SharedConfigAdapter(guard.store) (see the README, 'More than one process')", store)
 
 
 def _after_fork(guard: "Guard") -> None:
@@ -184,10 +211,11 @@ class Guard:
         self._decide = BackgroundWorker("sil-decide", lambda job: job())
         self._pending_eval: set[str] = set()
         self._last_tick = 0.0
+        self._last_heartbeat = time.monotonic()  # the first report after HEARTBEAT_S: a short script writes none
         self._sync = durability == "sync"
         self._enqueue = self._writer.put_durable if self._sync else self._writer.put
         self._recent: OrderedDict[str, tuple] = OrderedDict()  # canary records (_slim), for feedback
-        self._plain_info: dict[str, CallInfo] = {}  # per target: the CallInfo of an unversioned call
+        self._readers: dict[str, Callable[[], dict | None]] = {}  # per target: its adapter's config
         self._control: ThreadPoolExecutor | None = None
         self._control_lock = threading.Lock()
         self.exit_timeout = exit_timeout
@@ -195,6 +223,8 @@ class Guard:
         self.closing_thread: int | None = None
         self._closed = False
         exits.track(self, handle_sigterm=handle_sigterm, after_fork=_after_fork)
+        if isinstance(adapter, DictConfigAdapter) and "multiprocess" in self.store.capabilities:
+            _warn_process_local(self.store)
 
     # -- the three forms -----------------------------------------------------------------
     def track(self, target: str | Callable | None = None, *, success: Callable[[Any], Any] | None = None,
@@ -233,23 +263,38 @@ class Guard:
         ts: datetime | float | None = None,
         outcome: str | None = None,
     ) -> str:
-        """Record a call made elsewhere (an import, a replay); returns its call id."""
+        """Record a call made elsewhere (an import, a replay); returns its call id.
+
+        A latency that is not a finite number >= 0, or a time that is not finite, makes the
+        record unusable: it is dropped and counted (``guard.health()``), never raised; a
+        score that is not finite is dropped from the record."""
         if outcome is not None and outcome not in Outcome.ALL:
             raise ConfigError(f"unknown outcome {outcome!r}; use one of {Outcome.ALL}")
         call_id = new_id()
+        latency = finite(latency_s, "guard.record latency_s (record dropped)", minimum=0.0)
+        when = _now() if ts is None else finite(_to_epoch(ts), "guard.record ts (record dropped)")
+        if latency is None or when is None:
+            return call_id
         record = CallRecord(
-            call_id, target, _now() if ts is None else _to_epoch(ts), float(latency_s),
-            outcome or (_OK if success else _ERROR), error_type, error_message, version, arm, 1,
-            score, dict(context) if isinstance(context, dict) else context,
+            call_id, target, when, latency, outcome or (_OK if success else _ERROR), error_type, error_message,
+            version, arm, 1, finite(score, "guard.record score"), dict(context) if isinstance(context, dict) else context,
         )
         self._put(record)
         return call_id
 
     def feedback(self, call_id: str, *, success: bool | None = None, score: float | None = None) -> None:
-        """Late feedback on a call; it overrides that call's success (or score) everywhere."""
+        """Late feedback on a call; it overrides that call's success (or score) everywhere.
+
+        Any worker sharing the store may take it, before or after the call's record is
+        written (it waits in the store for the record); per field, the feedback given last
+        wins. A score that is not a finite number is dropped and counted."""
         if success is None and score is None:
             raise ConfigError("feedback needs success= or score=")
-        self._put(Feedback(call_id, None if success is None else bool(success), None if score is None else float(score)))
+        value = finite(score, "feedback score")
+        if success is None and value is None:
+            return  # its only value was not a number: dropped and counted
+        # given now: per field, the feedback given last wins, whichever worker writes it first
+        self._put(Feedback(call_id, None if success is None else bool(success), value, _now()))
 
     # -- reading -------------------------------------------------------------------------
     def stats(self, target: str, *, version: str | None = None, since: datetime | timedelta | float | None = None) -> Stats:
@@ -450,6 +495,7 @@ class Guard:
             exits.finished(self)
 
     def _close(self, timeout: float | None, left: Callable[[], float | None]) -> None:
+        self._changes.close()
         flushed = self._writer.flush(left())
         judged = self._decide.drain(left())
         notified = self._events.drain(left())
@@ -465,6 +511,29 @@ class Guard:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    def health(self, *, probe: bool = True) -> Health:
+        """What this guard queued, wrote, dropped and set aside, its last write error, and
+        (``probe``) whether the store answers a read now. Blocks on the store when probing;
+        use :meth:`ahealth` in a coroutine."""
+        w = self._writer
+        reachable = w.last_error is None
+        if probe:
+            try:
+                self.store.kv_get("sil", "probe")
+                reachable = True
+            except Exception:
+                reachable = False
+        return Health(
+            worker_id=self.worker_id, store=repr(self.store), pending=w.pending, written=w.written,
+            failed_writes=w.failed_writes, dropped=w.dropped, dropped_after_close=w.dropped_after_close,
+            set_aside=w.set_aside, invalid_values=dict(validate.dropped),
+            last_write_error=None if w.last_error is None else f"{type(w.last_error).__name__}: {w.last_error}",
+            store_reachable=reachable, ts=_now(),
+        )
+
+    def __repr__(self) -> str:
+        return f"<Guard {self.worker_id} on {self.store!r}>"
 
     def write_through(self, timeout: float | None = 5.0) -> bool:
         """Write what is queued now and, from here on, return from each call only once its
@@ -575,6 +644,10 @@ class Guard:
         """Async twin of :meth:`revert`."""
         return await self._off_loop(self.revert, target, **kwargs)
 
+    async def ahealth(self, **kwargs: Any) -> Health:
+        """Async twin of :meth:`health`."""
+        return await self._off_loop(self.health, **kwargs)
+
     async def achanges(self, target: str | None = None) -> list[Change]:
         """Async twin of :meth:`changes`."""
         return await self._off_loop(self.changes, target)
@@ -611,20 +684,23 @@ class Guard:
         try:
             view = self._views.get(target)
             if view is not None and view.unversioned and _mono() <= view.expires:
-                return None, _current.set(self._plain_info.get(target) or self._plain(target))  # the common case
+                read = self._readers.get(target) or self._reader(target)
+                return None, _current.set(CallInfo(target, None, None, read))  # the common case
             route = self._changes.route(target, key)
             if route[0] is None:
-                return None, _current.set(self._plain_info.get(target) or self._plain(target))
+                return None, _current.set(CallInfo(target, None, None, self._reader(target)))
             return route, _current.set(CallInfo(target, *route))
         except Exception as exc:
             report("guard.route", exc)
             return None, None
 
-    def _plain(self, target: str) -> CallInfo:
-        """The CallInfo of a call of a target without versions: its config is what the
-        target's adapter holds, read when asked for (``None`` without an adapter)."""
-        info = self._plain_info[target] = CallInfo(target, None, None, None, read=lambda: self.adapter_config(target))
-        return info
+    def _reader(self, target: str) -> Callable[[], dict | None]:
+        """How a call of a target without versions reads its config: from the target's
+        adapter, when asked for (``None`` without an adapter)."""
+        read = self._readers.get(target)
+        if read is None:
+            read = self._readers[target] = lambda: self.adapter_config(target)
+        return read
 
     def adapter_config(self, target: str) -> dict | None:
         """The config the target's adapter holds now (``None`` without an adapter, or when
@@ -645,6 +721,12 @@ class Guard:
         """Build the record of a finished call (never raises)."""
         try:
             if token is not None:
+                info = _current.get()
+                if info is not None:
+                    # the id the call was given; else the info itself, resolved by the writer, so
+                    # that an id the caller asks for later (last_call().call_id) is the record's
+                    call_id = call_id or info._id or info
+                    _last.set(info)
                 try:
                     _current.reset(token)
                 except ValueError:  # reset from another context (a generator resumed elsewhere)
@@ -681,8 +763,10 @@ class Guard:
             report("guard.record", exc)
 
     # -- internals: after a batch is written (flusher thread) -----------------------------
-    def _after_write(self, calls: list[CallRecord], feedback: list[Feedback]) -> None:
-        if feedback:
+    def _after_write(self, calls: list[CallRecord], feedback: list[Feedback], changed: Any = None) -> None:
+        if changed is not None:  # the store says which records feedback changed, and how
+            calls, judged = _as_stored(calls, changed)
+        elif feedback:
             calls, judged = self._judged(calls, feedback)
         else:
             judged = []
@@ -749,9 +833,13 @@ class Guard:
 
     def _tick(self) -> None:
         now = time.monotonic()
-        if now - self._last_tick >= 1.0 and self._changes._watch:
+        if now - self._last_tick >= 1.0 and (self._changes._watch or self._changes._watching):
             self._last_tick = now
             self._decide.submit(lambda: self._changes.tick())
+        if now - self._last_heartbeat >= HEARTBEAT_S:
+            self._last_heartbeat = now
+            with fail_open("health.heartbeat"):
+                self.store.kv_put("worker", self.worker_id, self.health(probe=False).as_dict(), expect_rev=None)
 
     def _check_trigger(self, target: str) -> None:
         now = _now()

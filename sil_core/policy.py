@@ -11,6 +11,7 @@ from .errors import ConfigError
 __all__ = ("RolloutPolicy",)
 
 _ON_INCONCLUSIVE = ("hold", "keep", "rollback")
+_ON_WATCH = ("alert", "revert")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -52,6 +53,17 @@ class RolloutPolicy:
             calls in this many hours before the change (all its calls if too few).
         cooldown_hours: after a rollback, the same patch is refused for this long.
         cs_tuning_n: candidate calls at which the confidence sequence is tightest.
+        feedback_window_s: how late feedback may arrive (a thumbs-down, an evaluator): a
+            promotion is decided on calls older than this only (their verdicts are in), and
+            waits while it cannot be. 0 (the default) when every failure shows at once
+            (the call raises, or a check runs in the call); set it to the delay of your
+            slowest feedback when feedback decides success.
+        watch_hours: after a promotion, the promoted version keeps being judged against
+            the change's baseline for this long (late feedback on the canary's calls
+            included); a regression is alerted once. 0 turns the watch off.
+        on_watch_regression: ``"alert"`` (trail event ``watch_regressed``, notifiers, a
+            WARNING) or ``"revert"`` (the same, and the baseline is restored through the
+            adapter, as ``guard.revert`` does).
     """
 
     alpha: float = 0.10
@@ -68,6 +80,9 @@ class RolloutPolicy:
     baseline_window_hours: float = 24.0
     cooldown_hours: float = 24.0
     cs_tuning_n: int = 150
+    feedback_window_s: float = 0.0
+    watch_hours: float = 24.0
+    on_watch_regression: str = "alert"
 
     def __post_init__(self) -> None:
         if not 0 < self.alpha < 1:
@@ -80,6 +95,10 @@ class RolloutPolicy:
             raise ConfigError("need 1 <= min_calls <= horizon and tripwire_consecutive >= 1")
         if self.success_tolerance < 0 or self.latency_tolerance < 0 or self.latency_floor_s < 0:
             raise ConfigError("tolerances must be >= 0")
+        if self.feedback_window_s < 0 or self.watch_hours < 0:
+            raise ConfigError("feedback_window_s and watch_hours must be >= 0")
+        if self.on_watch_regression not in _ON_WATCH:
+            raise ConfigError(f"on_watch_regression must be one of {_ON_WATCH}")
 
     def override(self, **changes: Any) -> "RolloutPolicy":
         """A copy with some fields changed."""

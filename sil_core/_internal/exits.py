@@ -43,6 +43,7 @@ _forkers: list[Callable[[Any], None]] = []
 _handling: list[bool] = [False]  # a SIGTERM is being handled (a second one must not cut it short)
 _handling_lock = threading.Lock()
 _deferred: list[int] = []  # a signal to die of once the main thread's close has finished
+_watched: set[int] = set()  # pids with a SIGTERM watcher thread
 
 
 def own_thread() -> None:
@@ -128,7 +129,8 @@ def _watch_sigterm() -> None:
     no handler until the lock is released, which may be never. So the signal is also written
     to a wakeup pipe that a thread of ours reads: if the main thread has not taken the signal
     within 0.1 s, that thread closes the guards and ends the process (exit code 128 + 15)."""
-    if not hasattr(signal, "set_wakeup_fd") or signal.getsignal(signal.SIGTERM) is not _on_sigterm_default:
+    if not hasattr(signal, "set_wakeup_fd") or signal.getsignal(signal.SIGTERM) is not _on_sigterm_default \
+            or os.getpid() in _watched:
         return
     try:
         r, w = os.pipe()
@@ -155,6 +157,7 @@ def _watch_sigterm() -> None:
                     _wait_for_other_closes()
                     os._exit(128 + signal.SIGTERM)
 
+    _watched.add(os.getpid())
     threading.Thread(target=watch, name="sil-sigterm", daemon=True).start()
 
 
@@ -186,7 +189,11 @@ def _hook_sigterm() -> None:
     try:
         signal.signal(signal.SIGTERM, handler)
     except (ValueError, OSError):
-        pass
+        return
+    import multiprocessing
+
+    if multiprocessing.parent_process() is not None:  # a guard made in a Pool worker (its initializer)
+        _watch_sigterm()
 
 
 def _on_sigterm_default(signum: int, frame: Any) -> None:

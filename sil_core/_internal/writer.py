@@ -5,7 +5,9 @@ thread per writer drains it every ``interval`` seconds, or at once when a batch 
 a caller waits: everything queued at that moment goes into one ``store.write`` (group
 commit). ``durability="sync"`` callers wait for the transaction that holds their record.
 The queue is bounded; a failed write is retried with backoff, and records beyond the
-bound are dropped and counted, never kept without limit. A record put after ``close()``
+bound are dropped and counted, never kept without limit. A batch the store rejects is
+written in halves down to single records, so that one record it refuses (while it takes
+the others) is set aside, logged and counted instead of blocking every later record. A record put after ``close()``
 is dropped and counted too (and said once on the ``sil_core`` logger): nothing would
 ever write it.
 """
@@ -26,6 +28,7 @@ from .exits import own_thread
 from .failopen import report
 from .ids import new_id
 from .jsonsafe import dumps_context
+from .validate import safe_text
 
 _writers: "weakref.WeakSet[Writer]" = weakref.WeakSet()
 _log = logging.getLogger("sil_core")
@@ -52,7 +55,7 @@ class Writer:
         batch_size: int = 1000,
         max_pending: int = 100_000,
         max_retry_delay: float = 5.0,
-        on_written: Callable[[Sequence[CallRecord], Sequence[Feedback]], None] | None = None,
+        on_written: Callable[[Sequence[CallRecord], Sequence[Feedback], Any], None] | None = None,
         on_tick: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
@@ -69,6 +72,8 @@ class Writer:
         self.failed_writes = 0
         #: records that close() gave up on (the store did not take them in time)
         self.abandoned = 0
+        #: records (or feedback) the store rejected while it took others: logged, not retried
+        self.set_aside = 0
         #: the last write error (``None`` once a write succeeds again)
         self.last_error: BaseException | None = None
         self._inflight = 0  # records of the batch being written now
@@ -263,26 +268,93 @@ class Writer:
         if not calls and not feedback:
             return True
         try:
-            self.store.write(calls, feedback)
+            changed = self.store.write(calls, feedback)
         except Exception as exc:
             self.failed_writes += 1
             self.last_error = exc
             report("store.write", exc)
+            if _transient(exc) or len(calls) + len(feedback) == 1 or not self._store_is_up():
+                kept = [*calls, *feedback]  # the store is down, locked or slow: all of it later
+            else:
+                kept = self._split(list(calls), list(feedback))
+            if not kept:  # every record was written, or set aside: the store is up
+                return True
             room = self.max_pending - len(self._queue)
-            kept = (calls + feedback)[: max(room, 0)]
-            self.dropped += len(calls) + len(feedback) - len(kept)
-            self._retry = kept
+            retry = kept[: max(room, 0)]
+            self.dropped += len(kept) - len(retry)
+            self._retry = retry
             self._delay = min(self.max_retry_delay, max(self._delay * 2, 0.05))
             return False
+        self._written(calls, feedback, changed)
+        return True
+
+    def _written(self, calls: list[CallRecord], feedback: list[Feedback], changed: Any) -> None:
         self._delay = self.interval
         self.last_error = None
         self.written += len(calls)
         if self.on_written is not None:
             try:
-                self.on_written(calls, feedback)
+                self.on_written(calls, feedback, changed)
             except Exception as exc:
                 report("on_written", exc)
-        return True
+
+    def _split(self, calls: list[CallRecord], feedback: list[Feedback]) -> list:
+        """After a failed batch: write it in halves, down to single items, so that one
+        record the store rejects (while it takes others) is set aside, logged and counted,
+        and every other record is written. Returns what to retry later (everything, when
+        the store itself is down)."""
+        items: list = [*calls, *feedback]
+        if len(items) > 1:
+            half = len(items) // 2
+            first = self._split_write(items[:half])
+            second = self._split_write(items[half:])
+            return first + second
+        return self._split_write(items)
+
+    def _split_write(self, items: list) -> list:
+        calls = [i for i in items if isinstance(i, CallRecord)]
+        feedback = [i for i in items if not isinstance(i, CallRecord)]
+        try:
+            changed = self.store.write(calls, feedback)
+        except Exception as exc:
+            if _transient(exc) or not self._store_is_up():
+                return items  # not the record: the store is down, locked or slow
+            if len(items) > 1:
+                return self._split(calls, feedback)
+            item = items[0]
+            self.set_aside += 1
+            _log.warning("sil-guard: the store rejected a record while it accepts others; set aside: %r "
+                         "(%s: %s; %d set aside so far)", _describe(item), type(exc).__name__, exc, self.set_aside)
+            return []
+        self._written(calls, feedback, changed)
+        return []
+
+    def _store_is_up(self) -> bool:
+        try:
+            self.store.kv_get("sil", "probe")
+            return True
+        except Exception:
+            return False
+
+
+#: errors of a store that is down, locked or slow (retried later), not of a record
+_TRANSIENT = ("OperationalError", "LockNotAvailable", "QueryCanceled", "ConnectionError", "TimeoutError",
+              "OSError", "DeadlockDetected", "SerializationFailure")
+
+
+def _transient(exc: BaseException | None) -> bool:
+    seen = 0
+    while exc is not None and seen < 5:
+        if any(t.__name__ in _TRANSIENT for t in type(exc).__mro__):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def _describe(item: Any) -> str:
+    if isinstance(item, CallRecord):
+        return f"call {item.id} of {item.target!r} ({item.outcome}, {item.duration_s!r} s)"
+    return f"feedback on call {getattr(item, 'call_id', '?')}"
 
 
 def _prepare(record: CallRecord) -> None:
@@ -290,12 +362,17 @@ def _prepare(record: CallRecord) -> None:
     the hot path; never raises)."""
     if record.id is None:
         record.id = new_id()
+    elif type(record.id) is not str:  # a CallInfo: its call_id, made now unless asked for already
+        record.id = record.id.call_id
     if record.context is not None:
         try:
-            record.context = dumps_context(record.context)
+            record.context = safe_text(dumps_context(record.context))
         except Exception as exc:
             report("context.encode", exc)
             record.context = None
+    record.target, record.version, record.arm = safe_text(record.target), safe_text(record.version), \
+        safe_text(record.arm)
+    record.error_type, record.error_message = safe_text(record.error_type), safe_text(record.error_message)
 
 
 def _after_fork() -> None:
@@ -308,6 +385,7 @@ def _after_fork() -> None:
         writer._io = threading.Lock()
         writer._wake = threading.Event()
         writer.dropped = writer.dropped_after_close = writer.written = writer.failed_writes = writer.abandoned = 0
+        writer.set_aside = 0
         writer.last_error = None
 
 

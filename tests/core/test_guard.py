@@ -337,3 +337,38 @@ def test_the_config_before_a_targets_first_change_is_its_adapters():
         with g.call("plain") as call:
             assert current_call().target == "plain" and call.config is None and current_call().config is None
         assert current_call() is None
+
+
+async def test_a_tracked_call_gives_its_call_id_inside_and_to_its_caller():
+    from sil_core import current_call, last_call
+
+    with Guard("memory://") as g:
+        inside = []
+
+        @g.track("sync-agent")
+        def answer(q):
+            inside.append(current_call().call_id)
+            return q
+
+        @g.track("async-agent")
+        async def aanswer(q):
+            inside.append(current_call().call_id)
+            return q
+
+        answer("a")
+        first = last_call().call_id
+        await aanswer("b")
+        second = last_call().call_id
+        assert [first, second] == inside and first != second
+        g.feedback(first, success=False)
+        g.feedback(second, score=0.2)
+        g.flush()
+        assert g.store.get_call(first).success is False and g.store.get_call(second).effective_score == 0.2
+
+        answer("c")  # an id nobody asked for inside is made when the caller asks for it
+        third = last_call().call_id
+        g.flush()
+        assert g.store.read_calls("sync-agent")[-1].id == third
+        with g.call("block") as call:
+            assert current_call().call_id == call.call_id
+        assert last_call().call_id == call.call_id

@@ -525,7 +525,9 @@ def test_the_fast_lane_records_every_execution_and_sees_another_workers_change()
         assert {r.version for r in records} == {None}
 
         other.propose("work", {"prompt": "v2"}, mode="switch")
-        time.sleep(0.3)  # the worker's view of "work" expires
+        time.sleep(0.3)  # the worker's view of "work" expires: the next call re-reads it in the background
+        graph.invoke({"x": 1}, {"configurable": {"thread_id": "expired"}})
+        time.sleep(0.1)
         graph.invoke({"x": 1}, {"configurable": {"thread_id": "after"}})
         worker.flush()
         latest = worker.store.read_calls("work", limit=1)[0]
