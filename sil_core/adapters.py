@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import copy
-import hashlib
 import importlib
 import json
 import logging
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from ._internal.files import atomic_write
+from .digest import digest
 
 __all__ = ("ConfigAdapter", "DictConfigAdapter", "JsonFileConfigAdapter", "merge_patch")
 
@@ -70,10 +70,6 @@ class DictConfigAdapter:
             self.configs[agent_id] = copy.deepcopy(backup_config)
 
 
-def _digest(config: dict) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
 class JsonFileConfigAdapter:
     """One JSON file per target: ``path`` itself, or ``directory/<agent_id>.json``.
 
@@ -101,7 +97,7 @@ class JsonFileConfigAdapter:
             return {}
         config = json.loads(raw)
         with self._lock:
-            self._raw[(str(file), _digest(config))] = raw
+            self._raw[(str(file), digest(config))] = raw
         return config
 
     def apply_config(self, agent_id: str, config_patch: dict) -> bool:
@@ -112,7 +108,7 @@ class JsonFileConfigAdapter:
 
     def rollback_config(self, agent_id: str, backup_config: dict) -> None:
         with self._lock:
-            raw = self._raw.get((str(self.file_for(agent_id)), _digest(backup_config)))
+            raw = self._raw.get((str(self.file_for(agent_id)), digest(backup_config)))
             if raw is None:
                 raw = json.dumps(backup_config, indent=self.indent).encode() + b"\n"
             self._write(agent_id, raw)
@@ -124,14 +120,14 @@ class JsonFileConfigAdapter:
         with self._lock:
             recent = list(self._raw.items())[-4:]
         return {"kind": "json_file", "path": str(self.path), "per_target": self.per_target, "indent": self.indent,
-                "raw": [[file, digest, base64.b64encode(raw).decode("ascii")] for (file, digest), raw in recent]}
+                "raw": [[file, key, base64.b64encode(raw).decode("ascii")] for (file, key), raw in recent]}
 
     def remember(self, spec: dict[str, Any]) -> None:
         """Learn the exact bytes carried by another instance's :meth:`spec` (so a worker
         that did not read the baseline itself still restores it byte for byte)."""
         with self._lock:
-            for file, digest, raw in spec.get("raw") or ():
-                self._raw.setdefault((file, digest), base64.b64decode(raw))
+            for file, key, raw in spec.get("raw") or ():
+                self._raw.setdefault((file, key), base64.b64decode(raw))
 
     def _write(self, agent_id: str, data: bytes) -> None:
         atomic_write(self.file_for(agent_id), data)

@@ -9,13 +9,13 @@ deleted, inserted or reordered event, and a truncated tail. Anchor the head hash
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from ._internal.jsonsafe import bounded
+from .digest import canonical_json, digest
 from .records import format_ts
 from .store.base import Store
 
@@ -29,14 +29,9 @@ EVENT_TYPES = (
 )
 
 
-def canonical(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-
-
 def event_hash(event: dict[str, Any]) -> str:
-    """SHA-256 of the event's canonical JSON without its own ``hash``."""
-    body = {k: v for k, v in event.items() if k != "hash"}
-    return hashlib.sha256(canonical(body).encode("utf-8")).hexdigest()
+    """SHA-256 of the event's canonical JSON without its own ``hash`` (see ``digest.py``)."""
+    return digest({k: v for k, v in event.items() if k != "hash"})
 
 
 def append_event(store: Store, type: str, target: str | None, *, change_id: str | None = None,
@@ -44,7 +39,7 @@ def append_event(store: Store, type: str, target: str | None, *, change_id: str 
     """Append a typed event to the store's trail and return it."""
     if type not in EVENT_TYPES:
         raise ValueError(f"unknown trail event type {type!r}")
-    payload = json.loads(canonical(bounded(data)))  # bounded, JSON-clean, as it will be hashed
+    payload = json.loads(canonical_json(bounded(data)))  # bounded, JSON-clean, as it will be hashed
     now = time.time()
 
     def build(last: dict[str, Any] | None) -> dict[str, Any]:

@@ -3,20 +3,18 @@ store (``kind="version"``, key ``"<target>@<version>"``)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from typing import Any
 
+from .digest import version_id
 from .store.base import Store
 
 __all__ = ("config_version", "get_version", "list_versions", "put_version")
 
 
 def config_version(config: dict[str, Any]) -> str:
-    """The version id of a config: ``v`` + 12 hex digits of the SHA-256 of its canonical JSON."""
-    text = json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=repr)
-    return "v" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+    """The version id of a config: ``v`` + 12 hex digits of its digest (see ``digest.py``)."""
+    return version_id(config)
 
 
 def put_version(store: Store, target: str, config: dict[str, Any]) -> str:
