@@ -39,7 +39,7 @@ print("config on disk now:", config_file.read_text().strip())
 
 for i in range(500):
     support_agent(f"question {i}")
-    if i % 20 == 19 and guard.change("support-agent").state != "canary":
+    if i % 20 == 19 and not guard.change("support-agent").serving:
         break
 guard.drain()
 

@@ -45,7 +45,7 @@ def run(calls: int, offset: int) -> None:
             pass
         guard.flush()
         change = guard.change("researcher")
-        if change is not None and change.state not in ("canary", "proposed"):
+        if change is not None and not change.serving and change.state != "proposed":
             return
 
 

@@ -144,7 +144,7 @@ def main() -> int:
             guard.drain()
             stats = guard.stats(target, version=change.candidate_version)
             print(f"   v2: {stats.failures} failed of {stats.n}")
-            if guard.change(target).state != "canary":
+            if not guard.change(target).serving:
                 break
         change = guard.change(target)
         print(f"4. the guard decided: {change.state} ({change.reason})")

@@ -23,13 +23,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 from .aggregates import Stats, merge
 from .errors import SilError
+from .rollout import SERVING, Mode, State
 from .store import Store, default_store_url, open_store
 from .store._paths import default_data_dir
 
 __all__ = ("main", "masked_url")
 
 DONE, REFUSED, USAGE = 0, 1, 2
-IN_FLIGHT_STATES = ("canary", "paused", "restore_failed")
+#: states of a change that `sil promote` / `sil rollback` can act on
+IN_FLIGHT_STATES = SERVING | {State.RESTORE_FAILED}
 
 
 class Refused(Exception):
@@ -108,15 +110,14 @@ def status_rows(guard: Any, *, since: float | None = None, all_versions: bool = 
     per arm with the calls the change is judged on."""
     store = guard.store
     out = []
-    known = set(store.targets()) | {key for key, _, _ in store.kv_list("head")}
+    known = set(store.targets()) | {c.target for c in guard.changes()}
     for target in targets or sorted(known):
         since_hour = None if since is None else int(since // 3600)
         cells = store.cells(target, since_hour=since_hour)
         total = Stats.from_cell(target, merge(cells.values()))
-        head = store.kv_get("head", target)
-        head = head[0] if head else {}
+        view = guard.view(target, fresh=True)
         latest = guard.change(target)
-        active = head.get("active") or None
+        active = view.active
         by_version: dict[str, list] = {}
         for (version, _arm), cell in cells.items():
             by_version.setdefault(version, []).append(cell)
@@ -139,8 +140,8 @@ def status_rows(guard: Any, *, since: float | None = None, all_versions: bool = 
         out.append({
             "target": target, "calls": total.n, "successes": total.successes, "failures": total.failures,
             "success_rate": total.success_rate, "success_ci": total.success_ci, "p50_s": total.p50_s,
-            "p95_s": total.p95_s, "active_version": active, "pinned": bool(head.get("pinned")),
-            "pinned_by": (head.get("pin") or {}).get("actor"),
+            "p95_s": total.p95_s, "active_version": active, "pinned": view.pinned,
+            "pinned_by": (view.pin or {}).get("actor"),
             "change": None if latest is None else _change_dict(latest),
             "change_state": None if latest is None else latest.state,
             "versions": rows, "arms": arms,
@@ -257,7 +258,7 @@ def _in_flight(guard: Any, target: str) -> Any:
     change = guard.change(target)
     if change is None or change.state not in IN_FLIGHT_STATES:
         hint = ""
-        if change is not None and change.state == "promoted":
+        if change is not None and change.state == State.PROMOTED:
             hint = f" (change {change.id} was promoted; undo it with: sil revert {target})"
         raise Refused(f"{target}: no change in flight{hint}")
     return change
@@ -265,7 +266,7 @@ def _in_flight(guard: Any, target: str) -> Any:
 
 def _promote_or_rollback(guard: Any, target: str, action: str, who: str) -> dict:
     change = _in_flight(guard, target)
-    needs_adapter = change.mode == "switch" if action == "rollback" else change.mode == "canary"
+    needs_adapter = change.mode == Mode.SWITCH if action == "rollback" else change.mode == Mode.CANARY
     if needs_adapter and guard.adapter_for(target) is None:
         guard.request(target, action, actor=who)
         return {"change": change.id, "state": change.state, "requested": True,
@@ -282,13 +283,13 @@ def _promote_or_rollback(guard: Any, target: str, action: str, who: str) -> dict
 
 def _approve(guard: Any, target: str, who: str) -> dict:
     change = guard.change(target)
-    if change is None or change.state != "proposed":
+    if change is None or change.state != State.PROPOSED:
         raise Refused(f"{target}: no change waiting for approval")
-    if change.mode == "switch" and guard.adapter_for(target) is None:
+    if change.mode == Mode.SWITCH and guard.adapter_for(target) is None:
         raise Refused(f"{target}: a switch-mode change is applied through its adapter, which cannot be rebuilt "
                       "here; approve it where the adapter lives (guard.approve)")
     after = guard.approve(target, actor=who)
-    if after.state != "canary":
+    if not after.serving:
         raise Refused(f"{target}: change {after.id} could not start: {after.reason}")
     return {"change": after.id, "state": after.state, "message": f"{target}: change {after.id} approved; it is now "
                                                                  f"{after.state}"}
@@ -304,7 +305,7 @@ def _needs_adapter(guard: Any, target: str, what: str) -> None:
 def _revert(guard: Any, target: str, to: str | None, who: str) -> dict:
     _needs_adapter(guard, target, "revert")
     change = guard.revert(target, to=to, actor=who)
-    if change.state != "promoted":
+    if change.state != State.PROMOTED:
         raise Refused(f"{target}: {change.reason}")
     return {"change": change.id, "state": change.state,
             "message": f"{target}: reverted {change.baseline_version or '-'} -> {change.candidate_version} "
@@ -312,8 +313,7 @@ def _revert(guard: Any, target: str, to: str | None, who: str) -> dict:
 
 
 def _pin(guard: Any, target: str, version: str, who: str) -> dict:
-    head = guard.store.kv_get("head", target)
-    if version != (head[0].get("active") if head else None):
+    if version != guard.view(target, fresh=True).active:
         _needs_adapter(guard, target, "pin")
     guard.pin(target, version, adapter=guard.adapter_for(target), actor=who)
     return {"version": version, "message": f"{target}: pinned to {version}; proposals are refused until "

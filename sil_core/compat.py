@@ -22,7 +22,7 @@ from .adapters import ConfigAdapter
 from .guard import Guard
 from .notify import TelegramNotifier
 from .policy import RolloutPolicy
-from .rollout import State
+from .rollout import Change, State
 from .seed_stores import AutoRollback
 from .store.base import Store
 from .store.jsonl import JsonlStore
@@ -163,7 +163,7 @@ class SelfImprovingLoop:
 
     def _begin(self, agent_id: str) -> tuple[tuple[str | None, int], float]:
         row = self._latest(agent_id)
-        return ((row["id"] if row else None), self._triggers.get(agent_id, 0)), time.perf_counter()
+        return ((row.id if row else None), self._triggers.get(agent_id, 0)), time.perf_counter()
 
     def _end(self, agent_id: str, begun: tuple[str | None, int], t0: float, result: Any,
              error: BaseException | None) -> dict[str, Any]:
@@ -172,17 +172,17 @@ class SelfImprovingLoop:
         row = self._latest(agent_id)
         with self._lock:  # one call reports each change and each trigger (concurrent calls: C2)
             # a change waiting for approval (a strategy's auto_apply=False) is not applied yet
-            applied = int(row is not None and row["id"] != before and row["id"] not in self._announced
-                          and row["state"] not in (State.REJECTED, State.PROPOSED))
+            applied = int(row is not None and row.id != before and row.id not in self._announced
+                          and row.state not in (State.REJECTED, State.PROPOSED))
             if applied:
-                self._announced.add(row["id"])
+                self._announced.add(row.id)
             total = self._triggers.get(agent_id, 0)
             triggered = total > triggers and total > self._claimed.get(agent_id, 0)
             if triggered:
                 self._claimed[agent_id] = total
         if applied:
             try:
-                self.notifier.notify_improvement(agent_id, 1, {"patch": row["patch"], "mode": row["mode"]})
+                self.notifier.notify_improvement(agent_id, 1, {"patch": row.patch, "mode": row.mode})
             except Exception as exc:  # seed bug D3: a notifier error lost the agent's result
                 report("notifier", exc)
         rollback = self.check_and_rollback(agent_id)
@@ -200,26 +200,26 @@ class SelfImprovingLoop:
         with self._lock:
             self._triggers[event["target"]] = self._triggers.get(event["target"], 0) + 1
 
-    def _latest(self, agent_id: str) -> dict | None:
-        return self.guard._changes.latest_row(agent_id)
+    def _latest(self, agent_id: str) -> Change | None:
+        return self.guard.change(agent_id, flush=False)
 
     # -- the seed's other public methods -------------------------------------------------
     def check_and_rollback(self, agent_id: str) -> dict[str, Any] | None:
         """Judge the agent's pending patch now; the seed-shaped rollback dict when this
         (or an earlier, unreported) check rolled it back or failed to, else ``None``."""
         try:
-            self.guard._changes.evaluate(agent_id)
+            self.guard.evaluate(agent_id)
         except Exception as exc:
             report("check_and_rollback", exc)
         row = self._latest(agent_id)
-        if row is None or row["state"] not in (State.ROLLED_BACK, State.RESTORE_FAILED):
+        if row is None or row.state not in (State.ROLLED_BACK, State.RESTORE_FAILED):
             return None
-        key = f"{row['id']}:{row['state']}"
+        key = f"{row.id}:{row.state}"
         with self._lock:
             if key in self._reported:
                 return None  # reported once, not on every later call (seed bug B4)
             self._reported.add(key)
-        verdict = row.get("verdict") or {}
+        verdict = row.verdict.as_dict() if row.verdict else {}
         ev = verdict.get("evidence") or {}
         n = ev.get("n", {})
         sr = ev.get("success_rate", {})
@@ -228,14 +228,14 @@ class SelfImprovingLoop:
                                n.get("baseline", 0))
         after = _seed_metrics({"rate": sr.get("candidate", 0.0), "latency": lat.get("candidate_median_s", 0.0)},
                               n.get("candidate", 0))
-        out = {"agent_id": agent_id, "reason": verdict.get("reason", row.get("reason", "")),
-               "before_metrics": before, "after_metrics": after, "backup_id": row["id"]}
+        out = {"agent_id": agent_id, "reason": verdict.get("reason", row.reason),
+               "before_metrics": before, "after_metrics": after, "backup_id": row.id}
         source = "config_adapter" if not isinstance(self.config_adapter, _StrategyHooks) else "improvement_strategy"
-        if row["state"] == State.ROLLED_BACK:
+        if row.state == State.ROLLED_BACK:
             out.update(success=True, restore_applied=True, restore_source=source)
         else:
             out.update(success=False, restore_applied=False, restore_source=source,
-                       error=(row.get("restore") or {}).get("error", "restore failed"))
+                       error=row.restore_error or "restore failed")
         try:
             # the seed passed before/after metrics; success and restore_applied say whether it worked
             self.notifier.notify_rollback(agent_id, out["reason"], {

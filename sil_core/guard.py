@@ -18,43 +18,35 @@ guard's own, so a coroutine never freezes its event loop.
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
-import functools
 import logging
 import threading
 import time
-from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, TypeVar
 
-from ._internal import exits
+from ._internal import exits, validate
+from ._internal.after_write import AfterWrite
+from ._internal.clock import SYSTEM, Clock
 from ._internal.failopen import fail_open, report
-from ._internal.ids import new_id
-from ._internal.jsonsafe import error_message
-from ._internal import validate
+from ._internal.ids import default_worker_id, new_id
 from ._internal.validate import finite
 from ._internal.worker import BackgroundWorker
 from ._internal.writer import Writer
 from .adapters import ConfigAdapter, DictConfigAdapter
-from .aggregates import BUCKET_S, Stats, merge
-from .calls import CallHandle, CallInfo, _current, _last, wrap
-from .changes import ChangeManager, default_worker_id
-from .detect.verdict import Verdict
-from .health import HEARTBEAT_S, Health
+from .aggregates import Stats
+from .async_control import AsyncControl
+from .calls import CallHandle, wrap
+from .change_control import ChangeControl
+from .changes import ChangeManager
 from .errors import ConfigError
+from .health import Health
 from .notify import Notifier
-from .outcomes import classify_exception
 from .policy import RolloutPolicy
 from .records import CallRecord, Feedback, Outcome
-from .rollout import IN_FLIGHT, Change, State
+from .recorder import HotPath, Recorder
+from .routing import TargetView
 from .store import Store, open_store
-from .store.memory import apply_feedback
-from .strategies import run_strategy
 from .thresholds import AdaptiveThreshold
-from .trail import TrailReport, append_event, verify_trail
-from .versions import list_versions
 
 __all__ = ("Guard",)
 
@@ -62,35 +54,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 _now = time.time
 _mono = time.monotonic
 _log = logging.getLogger("sil_core")
-#: consecutive failures that trigger whatever the window's failure rate (an outage)
-OUTAGE_RUN = 5
 _OK, _ERROR = Outcome.OK, Outcome.ERROR
-#: canary records remembered per guard, so that feedback finds its call's arm without a read
-_RECENT_MAX = 10_000
-#: threads of a guard's pool for the async control plane
-_CONTROL_THREADS = 4
-
-
-def _slim(r: CallRecord) -> tuple:
-    """What a remembered canary call needs to meet its feedback (cheaper than a record)."""
-    return r.target, r.ts, r.outcome, r.version, r.arm, r.feedback_success
-
-
-def _unslim(call_id: str, slim: tuple) -> CallRecord:
-    target, ts, outcome, version, arm, feedback_success = slim
-    return CallRecord(call_id, target, ts, 0.0, outcome, version=version, arm=arm, feedback_success=feedback_success)
-
-
-def _as_stored(calls: list[CallRecord], changed: list[CallRecord]) -> tuple[list[CallRecord], list[CallRecord]]:
-    """The batch's calls as the store now holds them (feedback that waited for them folded
-    in), and the earlier canary calls that the batch's feedback changed."""
-    if not changed:
-        return calls, []
-    now = {r.id: r for r in changed}
-    ids = {r.id for r in calls}
-    return [now.get(r.id, r) for r in calls], [r for r in changed if r.id not in ids and r.arm is not None]
-
-
 _warned_local: set[str] = set()
 
 
@@ -107,7 +71,7 @@ def _warn_process_local(store: Store) -> None:
 
 def _after_fork(guard: "Guard") -> None:
     """A forked child starts without the parent's pending jobs and thread pool."""
-    guard._pending_eval = set()
+    guard._after_write.pending_eval = set()
     guard._control = None
     guard._control_lock = threading.Lock()
 
@@ -122,7 +86,7 @@ def _to_epoch(since: datetime | timedelta | float | None) -> float | None:
     return since.timestamp()
 
 
-class Guard:
+class Guard(ChangeControl, AsyncControl):
     """Records calls of guarded targets, keeps their statistics and guards their changes.
 
     Args:
@@ -153,6 +117,7 @@ class Guard:
         handle_sigterm: on SIGTERM, write what is queued before the process dies (a
             handler set only from the main thread: it chains to a framework's own handler,
             or replaces the default action and then dies of the signal as before).
+        clock: where the guard reads the time (tests: ``sil_core.testing.ManualClock``).
 
     Example:
         >>> guard = Guard("memory://")
@@ -183,6 +148,7 @@ class Guard:
         strategy_inline: bool = False,
         exit_timeout: float = 5.0,
         handle_sigterm: bool = True,
+        clock: Clock = SYSTEM,
     ) -> None:
         if durability not in ("batched", "sync"):
             raise ConfigError(f"durability must be 'batched' or 'sync', not {durability!r}")
@@ -199,24 +165,23 @@ class Guard:
         self.worker_id = worker_id or default_worker_id()
         self.notifiers = list(notifiers)
         self.thresholds = thresholds if thresholds is not None else AdaptiveThreshold()
+        self.clock = clock
         self._trigger_listeners: list[Callable[[dict], None]] = []
-        self._last_trigger: dict[str, float] = {}
-        self._notifier_errors: dict[str, float] = {}
-        self._failure_runs: dict[str, int] = {}  # consecutive failures per target, this worker
-        self._changes = ChangeManager(self, refresh_s=refresh_interval)
-        self._views = self._changes._views
+        self._changes = ChangeManager(self.store, worker_id=self.worker_id, clock=clock, refresh_s=refresh_interval,
+                                      default_adapter=lambda: self.adapter, default_policy=lambda: self.policy,
+                                      strategy=lambda: self.strategy, emit=self.emit)
+        self._after_write = AfterWrite(self)
         self._writer = Writer(self.store, interval=flush_interval, max_pending=max_pending,
-                              on_written=self._after_write, on_tick=self._tick)
-        self._events = BackgroundWorker("sil-notify", self._dispatch)
+                              on_written=self._after_write, on_tick=self._after_write.tick)
+        self._events = BackgroundWorker("sil-notify", self._after_write.dispatch)
         self._decide = BackgroundWorker("sil-decide", lambda job: job())
-        self._pending_eval: set[str] = set()
-        self._last_tick = 0.0
-        self._last_heartbeat = time.monotonic()  # the first report after HEARTBEAT_S: a short script writes none
-        self._sync = durability == "sync"
-        self._enqueue = self._writer.put_durable if self._sync else self._writer.put
-        self._recent: OrderedDict[str, tuple] = OrderedDict()  # canary records (_slim), for feedback
-        self._readers: dict[str, Callable[[], dict | None]] = {}  # per target: its adapter's config
-        self._control: ThreadPoolExecutor | None = None
+        self._enqueue = self._writer.put_durable if durability == "sync" else self._writer.put
+        self._hot = HotPath(self)
+        # the hot path of the decorators and guard.call (calls.py), bound once
+        self._start_call, self._finish, self._put, self._aput = (self._hot.start, self._hot.finish, self._hot.put,
+                                                                 self._hot.aput)
+        self._recorders: dict[str, Recorder] = {}
+        self._control = None
         self._control_lock = threading.Lock()
         self.exit_timeout = exit_timeout
         #: the thread closing this guard, while it does
@@ -306,157 +271,6 @@ class Guard:
         self.flush()
         return self.store.stats(target, version=version, since=_to_epoch(since))
 
-    # -- changes -------------------------------------------------------------------------
-    def propose(self, target: str, patch: dict, *, adapter: ConfigAdapter | None = None, mode: str | None = None,
-                policy: RolloutPolicy | None = None, actor: str | None = None, approve: bool = True,
-                metadata: dict | None = None) -> Change:
-        """Roll a config patch out under guard and return the :class:`Change`.
-
-        ``mode="canary"`` serves baseline and candidate side by side (read the arm's config
-        from ``guard.call(...).config`` or :func:`current_call`); ``mode="switch"`` applies
-        the patch globally through the adapter and compares with a frozen baseline window.
-        A target has at most one change in flight: a proposal meanwhile is ``rejected``, as
-        is one for a pinned target. ``approve=False`` leaves it ``proposed`` until
-        :meth:`approve`. ``metadata`` (why it was proposed) goes to the trail's
-        ``change_proposed`` event, not to the config.
-
-        Blocks on the store and the adapter; use :meth:`apropose` in a coroutine.
-        """
-        self.flush()  # the baseline's evidence includes every call made before the proposal
-        return self._changes.propose(target, patch, adapter=adapter, mode=mode or self.mode, policy=policy,
-                                     actor=actor, approve=approve, metadata=metadata)
-
-    def change(self, target: str) -> Change | None:
-        """The target's latest change, in flight or finished, with its latest verdict.
-
-        Blocks on the store; use :meth:`achange` in a coroutine."""
-        self.flush()
-        row = self._changes.latest_row(target)
-        return None if row is None else self._typed(row)
-
-    def changes(self, target: str | None = None) -> list[Change]:
-        """Every change (one target's, or all), oldest first, rejected proposals included.
-
-        Blocks on the store; use :meth:`achanges` in a coroutine."""
-        return [self._typed(row) for row in self._changes.rows(target)]
-
-    def arms(self, target: str) -> dict[str, Stats] | None:
-        """``{"baseline": Stats, "candidate": Stats}`` of the target's change in flight: the
-        calls each arm served since the change started (what its verdict is judged on);
-        ``None`` without a change in flight. Blocks on the store."""
-        self.flush()
-        row = self._changes.latest_row(target)
-        if row is None or row["state"] not in IN_FLIGHT or row["state"] == State.PROPOSED:
-            return None
-        base, cand = self._changes.evidence(row)
-        return {"baseline": Stats.from_cell(target, base), "candidate": Stats.from_cell(target, cand)}
-
-    def adapter_for(self, target: str) -> ConfigAdapter | None:
-        """The :class:`ConfigAdapter` this guard acts through for ``target``: the one its
-        latest proposal gave, else ``Guard(adapter=...)``, else one rebuilt from the spec
-        its latest change stored (``JsonFileConfigAdapter``, Hermes skills); ``None`` when
-        there is none in this process. Blocks on the store."""
-        return self._changes.adapter_for(target)
-
-    def _typed(self, row: dict) -> Change:
-        verdict = None
-        if row["state"] == "canary" or (row["state"] == "paused" and not row.get("verdict")):
-            with fail_open("change.verdict"):
-                verdict = self._changes.current_verdict(row)
-        return Change.from_row(row, verdict)
-
-    def evaluate(self, target: str) -> Verdict | None:
-        """Judge the target's change now, on this thread, and act on the verdict.
-
-        Blocks on the store and the adapter; use :meth:`aevaluate` in a coroutine."""
-        self.flush()
-        return self._changes.evaluate(target)
-
-    def approve(self, target: str, *, actor: str = "api") -> Change:
-        """Start a change that waits for approval.
-
-        Blocks on the store and the adapter; use :meth:`aapprove` in a coroutine."""
-        return self._changes.approve(target, actor)
-
-    def promote(self, target: str, *, actor: str = "api") -> bool:
-        """Promote the change in flight now.
-
-        Blocks on the store and the adapter; use :meth:`apromote` in a coroutine."""
-        return self._changes.promote(target, Verdict(Verdict.HEALTHY, f"promoted by {actor}", "manual"), actor=actor)
-
-    def rollback(self, target: str, *, actor: str = "api") -> bool:
-        """Roll the change in flight back now (idempotent: ``False`` if there is none). A
-        change already promoted is undone with :meth:`revert`.
-
-        Blocks on the store and the adapter; use :meth:`arollback` in a coroutine."""
-        return self._changes.rollback(target, Verdict(Verdict.REGRESSED, f"rolled back by {actor}", "manual"), actor=actor)
-
-    def request(self, target: str, action: str, *, actor: str = "api") -> bool:
-        """Ask the workers that hold the target's adapter to ``"promote"`` or ``"rollback"``
-        its change in flight (for a process that cannot rebuild the adapter, e.g. the CLI);
-        a worker acts within about a second. Blocks on the store."""
-        if action not in ("promote", "rollback"):
-            raise ConfigError(f"action must be 'promote' or 'rollback', not {action!r}")
-        return self._changes.request(target, action, actor)
-
-    def pause(self, target: str, *, actor: str = "api") -> bool:
-        """Stop ramping and acting on the change in flight (it keeps being served).
-
-        Blocks on the store; use :meth:`apause` in a coroutine."""
-        return self._changes.set_paused(target, True, actor=actor)
-
-    def resume(self, target: str, *, actor: str = "api") -> bool:
-        """Resume a paused change. Blocks on the store; use :meth:`aresume` in a coroutine."""
-        return self._changes.set_paused(target, False, actor=actor)
-
-    def pin(self, target: str, version: str, *, adapter: ConfigAdapter | None = None, actor: str = "api") -> None:
-        """Make ``version`` the active version (restored through the adapter if any) and
-        hold it: proposals are refused until :meth:`unpin`.
-
-        Blocks on the store and the adapter; use :meth:`apin` in a coroutine."""
-        self._changes.pin(target, version, adapter=adapter, actor=actor)
-
-    def unpin(self, target: str, *, actor: str = "api") -> bool:
-        """Let changes of a pinned target be proposed again (``False`` if it was not pinned).
-
-        Blocks on the store; use :meth:`aunpin` in a coroutine."""
-        return self._changes.unpin(target, actor=actor)
-
-    def revert(self, target: str, *, to: str | None = None, adapter: ConfigAdapter | None = None,
-               actor: str = "api") -> Change:
-        """Restore an earlier version through the adapter, as a new change recorded in the
-        trail: by default the version the last promoted change replaced (whose patch is
-        then refused for its cooldown), else ``to``. Raises :class:`ConfigError` when no
-        adapter is available, :class:`InvalidTransition` while a change is in flight.
-
-        Blocks on the store and the adapter; use :meth:`arevert` in a coroutine."""
-        return self._changes.revert(target, to, adapter=adapter, actor=actor)
-
-    def route(self, target: str, *, key: Any = None) -> tuple[str | None, str | None, dict | None]:
-        """``(version, arm, config)`` that serves a call of ``target`` now: the active
-        version (arm ``None``) or, during a canary, the arm ``key`` routes to (the same arm
-        for the same key on every worker; a random one without a key). For adapters that
-        serve config themselves (LangGraph's ``configurable``, a Hermes skill)."""
-        return self._changes.route(target, key)
-
-    def versions(self, target: str) -> list[dict]:
-        """Every stored config version of a target, oldest first.
-
-        Blocks on the store; use :meth:`aversions` in a coroutine."""
-        return list_versions(self.store, target)
-
-    def trail(self, target: str | None = None) -> list[dict]:
-        """The trail's events (one target's, or all), oldest first.
-
-        Blocks on the store; use :meth:`atrail` in a coroutine."""
-        return self.store.trail_read(target=target)
-
-    def verify_trail(self) -> TrailReport:
-        """Check the trail's hash chain (see :func:`sil_core.verify_trail`).
-
-        Blocks on the store; use :meth:`averify_trail` in a coroutine."""
-        return verify_trail(self.store)
-
     # -- lifecycle -----------------------------------------------------------------------
     def flush(self, timeout: float | None = 30.0) -> bool:
         """Write every queued record now; ``True`` if all of it is committed.
@@ -540,7 +354,7 @@ class Guard:
         record is committed (``durability="sync"``). Used when a graceful shutdown begins
         (SIGTERM under uvicorn or gunicorn), so that nothing is left queued when the
         process dies. Blocks."""
-        self._sync = True
+        self.durability = "sync"
         self._enqueue = self._writer.put_durable
         self._writer.hurry()  # records queued without waiting (a LangGraph fast lane) go out at once
         return self._writer.flush(timeout)
@@ -567,107 +381,6 @@ class Guard:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- the async control plane: the same methods, off the event loop ----------------------
-    async def _off_loop(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run a blocking control-plane call on this guard's pool; the loop keeps running."""
-        with self._control_lock:
-            if self._control is None:
-                self._control = ThreadPoolExecutor(_CONTROL_THREADS, thread_name_prefix="sil-control",
-                                                   initializer=exits.own_thread)
-            pool = self._control
-        call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(pool, call)
-
-    async def aflush(self, timeout: float | None = 30.0) -> bool:
-        """Async twin of :meth:`flush`: awaits the batch without a thread of its own."""
-        return await self._writer.aflush(timeout)
-
-    async def adrain(self, timeout: float | None = 30.0) -> bool:
-        """Async twin of :meth:`drain`."""
-        return await self._off_loop(self.drain, timeout)
-
-    async def aclose(self, timeout: float | None = 30.0) -> None:
-        """Async twin of :meth:`close`."""
-        await self._off_loop(self.close, timeout)
-
-    async def __aenter__(self) -> "Guard":
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def astats(self, target: str, **kwargs: Any) -> Stats:
-        """Async twin of :meth:`stats`."""
-        return await self._off_loop(self.stats, target, **kwargs)
-
-    async def achange(self, target: str) -> Change | None:
-        """Async twin of :meth:`change`."""
-        return await self._off_loop(self.change, target)
-
-    async def aevaluate(self, target: str) -> Verdict | None:
-        """Async twin of :meth:`evaluate`."""
-        return await self._off_loop(self.evaluate, target)
-
-    async def apropose(self, target: str, patch: dict, **kwargs: Any) -> Change:
-        """Async twin of :meth:`propose`."""
-        return await self._off_loop(self.propose, target, patch, **kwargs)
-
-    async def aapprove(self, target: str, **kwargs: Any) -> Change:
-        """Async twin of :meth:`approve`."""
-        return await self._off_loop(self.approve, target, **kwargs)
-
-    async def apromote(self, target: str, **kwargs: Any) -> bool:
-        """Async twin of :meth:`promote`."""
-        return await self._off_loop(self.promote, target, **kwargs)
-
-    async def arollback(self, target: str, **kwargs: Any) -> bool:
-        """Async twin of :meth:`rollback`."""
-        return await self._off_loop(self.rollback, target, **kwargs)
-
-    async def apause(self, target: str, **kwargs: Any) -> bool:
-        """Async twin of :meth:`pause`."""
-        return await self._off_loop(self.pause, target, **kwargs)
-
-    async def aresume(self, target: str, **kwargs: Any) -> bool:
-        """Async twin of :meth:`resume`."""
-        return await self._off_loop(self.resume, target, **kwargs)
-
-    async def apin(self, target: str, version: str, **kwargs: Any) -> None:
-        """Async twin of :meth:`pin`."""
-        return await self._off_loop(self.pin, target, version, **kwargs)
-
-    async def aunpin(self, target: str, **kwargs: Any) -> bool:
-        """Async twin of :meth:`unpin`."""
-        return await self._off_loop(self.unpin, target, **kwargs)
-
-    async def arevert(self, target: str, **kwargs: Any) -> Change:
-        """Async twin of :meth:`revert`."""
-        return await self._off_loop(self.revert, target, **kwargs)
-
-    async def ahealth(self, **kwargs: Any) -> Health:
-        """Async twin of :meth:`health`."""
-        return await self._off_loop(self.health, **kwargs)
-
-    async def achanges(self, target: str | None = None) -> list[Change]:
-        """Async twin of :meth:`changes`."""
-        return await self._off_loop(self.changes, target)
-
-    async def arequest(self, target: str, action: str, **kwargs: Any) -> bool:
-        """Async twin of :meth:`request`."""
-        return await self._off_loop(self.request, target, action, **kwargs)
-
-    async def aversions(self, target: str) -> list[dict]:
-        """Async twin of :meth:`versions`."""
-        return await self._off_loop(self.versions, target)
-
-    async def atrail(self, target: str | None = None) -> list[dict]:
-        """Async twin of :meth:`trail`."""
-        return await self._off_loop(self.trail, target)
-
-    async def averify_trail(self) -> TrailReport:
-        """Async twin of :meth:`verify_trail`."""
-        return await self._off_loop(self.verify_trail)
-
     def on_trigger(self, listener: Callable[[dict], None]) -> None:
         """Call ``listener(event)`` (on a background thread) when a target's failures
         cross its adaptive threshold."""
@@ -677,30 +390,6 @@ class Guard:
         """Send an event to every notifier, on the notifier thread."""
         if self.notifiers:
             self._events.submit(event)
-
-    # -- internals: the hot path ---------------------------------------------------------
-    def _start_call(self, target: str, key: Any = None) -> tuple[tuple | None, Any]:
-        """Route a call: ``((version, arm, config), contextvar token)`` or ``(None, None)``."""
-        try:
-            view = self._views.get(target)
-            if view is not None and view.unversioned and _mono() <= view.expires:
-                read = self._readers.get(target) or self._reader(target)
-                return None, _current.set(CallInfo(target, None, None, read))  # the common case
-            route = self._changes.route(target, key)
-            if route[0] is None:
-                return None, _current.set(CallInfo(target, None, None, self._reader(target)))
-            return route, _current.set(CallInfo(target, *route))
-        except Exception as exc:
-            report("guard.route", exc)
-            return None, None
-
-    def _reader(self, target: str) -> Callable[[], dict | None]:
-        """How a call of a target without versions reads its config: from the target's
-        adapter, when asked for (``None`` without an adapter)."""
-        read = self._readers.get(target)
-        if read is None:
-            read = self._readers[target] = lambda: self.adapter_config(target)
-        return read
 
     def adapter_config(self, target: str) -> dict | None:
         """The config the target's adapter holds now (``None`` without an adapter, or when
@@ -715,187 +404,19 @@ class Guard:
             return None
         return config if isinstance(config, dict) else None
 
-    def _finish(self, target: str, ts: float, duration: float, exc: BaseException | None, ok: Any,
-                route: tuple | None, token: Any, call_id: str | None = None, context: Any = None,
-                score: float | None = None, attempt: int = 1) -> CallRecord | None:
-        """Build the record of a finished call (never raises)."""
-        try:
-            if token is not None:
-                info = _current.get()
-                if info is not None:
-                    # the id the call was given; else the info itself, resolved by the writer, so
-                    # that an id the caller asks for later (last_call().call_id) is the record's
-                    call_id = call_id or info._id or info
-                    _last.set(info)
-                try:
-                    _current.reset(token)
-                except ValueError:  # reset from another context (a generator resumed elsewhere)
-                    pass
-            version, arm = (route[0], route[1]) if route else (None, None)
-            if exc is None:
-                if ok is True:  # the id of a decorated call is assigned off the hot path
-                    return CallRecord(call_id, target, ts, duration, _OK, None, None, version, arm, attempt, score,
-                                      context)
-                outcome, etype, msg = _ERROR, ok, None
-            else:
-                outcome, etype, msg = classify_exception(exc), type(exc).__name__, error_message(exc)
-            return CallRecord(call_id, target, ts, duration, outcome, etype, msg, version, arm, attempt, score, context)
-        except Exception as err:
-            report("guard.record", err)
-            return None
+    # -- the extension surface for integrations (README, "Writing an integration") ---------
+    def recorder(self, target: str) -> Recorder:
+        """The :class:`~sil_core.recorder.Recorder` of ``target``: what an integration's
+        wrapper calls on every execution (one per target, made once)."""
+        rec = self._recorders.get(target)
+        if rec is None:
+            rec = self._recorders.setdefault(target, Recorder(self, target))
+        return rec
 
-    def _put(self, item: CallRecord | Feedback | None) -> None:
-        if item is not None:
-            try:
-                self._enqueue(item)
-            except Exception as exc:
-                report("guard.record", exc)
+    def view(self, target: str, *, fresh: bool = False) -> TargetView:
+        """This worker's :class:`~sil_core.routing.TargetView` of ``target``: whether it is
+        versioned, the version it serves, the change in flight (state, mode, weight, both
+        arms). Never waits on the store (an expired view is re-read in the background),
+        unless ``fresh=True``, which reads it now if it expired (blocks: tools, not hot paths)."""
+        return self._changes.view_now(target) if fresh else self._changes.view(target)
 
-    async def _aput(self, item: CallRecord | Feedback | None) -> None:
-        if item is None:
-            return
-        try:
-            if self._sync:
-                await self._writer.aput_durable(item)
-            else:
-                self._writer.put(item)
-        except Exception as exc:
-            report("guard.record", exc)
-
-    # -- internals: after a batch is written (flusher thread) -----------------------------
-    def _after_write(self, calls: list[CallRecord], feedback: list[Feedback], changed: Any = None) -> None:
-        if changed is not None:  # the store says which records feedback changed, and how
-            calls, judged = _as_stored(calls, changed)
-        elif feedback:
-            calls, judged = self._judged(calls, feedback)
-        else:
-            judged = []
-        recent = self._recent
-        for r in calls:
-            if r.arm is not None:
-                recent[r.id] = _slim(r)
-        while len(recent) > _RECENT_MAX:
-            recent.popitem(last=False)
-        failing = set()
-        runs = self._failure_runs
-        for r in calls:
-            ok = r.success
-            if ok is False:
-                runs[r.target] = runs.get(r.target, 0) + 1
-                failing.add(r.target)
-            elif ok:
-                runs.pop(r.target, None)
-        for target in failing:
-            with fail_open("trigger.check"):
-                self._check_trigger(target)
-        with fail_open("change.observe"):
-            for target in self._changes.observe(calls, judged):
-                self._schedule_evaluation(target)
-
-    def _judged(self, calls: list[CallRecord], feedback: list[Feedback]) -> tuple[list[CallRecord], list[CallRecord]]:
-        """The batch's calls with the batch's own feedback applied, and the earlier canary
-        calls its other feedback judged (as they now stand), so that a verdict given later
-        (a thumbs-down, a check node) reaches the tripwire of the arm that served the call."""
-        batch = {r.id: r for r in calls}
-        judged: dict[str, CallRecord] = {}
-        lookup: bool | None = None  # whether a call served elsewhere is worth a read
-        for fb in feedback:
-            record = batch.get(fb.call_id)
-            if record is not None:
-                batch[fb.call_id] = apply_feedback(record, fb)
-                continue
-            record = judged.get(fb.call_id)
-            if record is None and fb.call_id in self._recent:
-                record = _unslim(fb.call_id, self._recent[fb.call_id])
-            if record is None:
-                with fail_open("feedback.lookup"):
-                    if lookup is None:
-                        lookup = self._changes.any_in_flight()
-                    if lookup:
-                        record = self.store.get_call(fb.call_id)  # served by another process
-            if record is None or record.arm is None:
-                continue  # unknown, or not served during a change: nothing to tell a tripwire
-            judged[fb.call_id] = record = apply_feedback(record, fb)
-            self._recent[fb.call_id] = _slim(record)
-        return list(batch.values()), list(judged.values())
-
-    def _schedule_evaluation(self, target: str) -> None:
-        if target in self._pending_eval:
-            return
-        self._pending_eval.add(target)
-
-        def job() -> None:
-            self._pending_eval.discard(target)
-            with fail_open("change.evaluate"):
-                self._changes.evaluate(target)
-
-        self._decide.submit(job)
-
-    def _tick(self) -> None:
-        now = time.monotonic()
-        if now - self._last_tick >= 1.0 and (self._changes._watch or self._changes._watching):
-            self._last_tick = now
-            self._decide.submit(lambda: self._changes.tick())
-        if now - self._last_heartbeat >= HEARTBEAT_S:
-            self._last_heartbeat = now
-            with fail_open("health.heartbeat"):
-                self.store.kv_put("worker", self.worker_id, self.health(probe=False).as_dict(), expect_rev=None)
-
-    def _check_trigger(self, target: str) -> None:
-        now = _now()
-        day = self.store.cells(target, since_hour=int((now - 86400) // BUCKET_S), hist=False)
-        all_time = merge(self.store.cells(target, hist=False).values())
-        calls_24h = merge(day.values()).n
-        profile = self.thresholds.profile(target, calls_24h=calls_24h, total_calls=all_time.n)
-        last = self._last_trigger.get(target)
-        if last is not None and now - last < profile.cooldown_hours * 3600:
-            return
-        since = now - profile.analysis_window_hours * 3600
-        window = merge(self.store.cells(target, since_hour=int(since // BUCKET_S), hist=False).values())
-        decided = window.successes + window.failures
-        run = self._failure_runs.get(target, 0)
-        # a burst of consecutive failures (an outage) triggers even when the window's rate is low
-        if not profile.triggers(window.failures, decided) and run < max(profile.failure_threshold, OUTAGE_RUN):
-            return
-        self._last_trigger[target] = now
-        event = {
-            "type": "failure_trigger",
-            "target": target,
-            "ts": now,
-            "failures": window.failures,
-            "calls": decided,
-            "failure_rate": window.failures / decided if decided else None,
-            "consecutive_failures": run,
-            "profile": profile.as_dict(),
-            "message": (
-                f"{target}: {window.failures} failures in {decided} calls over "
-                f"{profile.analysis_window_hours:g} h (threshold {profile.failure_threshold}, "
-                f"min rate {profile.min_failure_rate:.0%}, profile {profile.name})"
-            ),
-        }
-        self.emit(event)
-        for listener in self._trigger_listeners:
-            with fail_open("trigger.listener"):
-                listener(event)
-        if self.strategy is not None:
-            job = lambda: run_strategy(self, target, window, since)  # noqa: E731
-            if self.strategy_inline:
-                job()
-            else:
-                self._decide.submit(job)
-
-    def _dispatch(self, event: dict) -> None:
-        for notifier in self.notifiers:
-            try:
-                notifier.notify(event)
-            except Exception as exc:
-                report("notifier", exc)
-                name = type(notifier).__name__
-                last = self._notifier_errors.get(name, 0.0)
-                if _mono() - last < 300 and last:
-                    continue  # one trail event per notifier per 5 minutes: a dead one must not flood it
-                self._notifier_errors[name] = _mono()
-                with fail_open("trail.append"):
-                    append_event(self.store, "notifier_error", event.get("target"), change_id=event.get("change_id"),
-                                 actor=self.worker_id, notifier=name, error=repr(exc),
-                                 event_type=event.get("type"))

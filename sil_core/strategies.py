@@ -20,10 +20,9 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ._internal.failopen import report
 from .aggregates import Cell
-from .detect import Verdict
 from .policy import RolloutPolicy
 from .records import CallRecord
-from .rollout import IN_FLIGHT, State
+from .rollout import Change, State
 from .trail import append_event
 
 if TYPE_CHECKING:
@@ -110,8 +109,8 @@ def run_strategy(guard: "Guard", target: str, window: Cell, since: float) -> Non
     """Ask the guard's strategy for a patch and propose it (never raises)."""
     strategy = guard.strategy
     with_policy = callable(getattr(strategy, "analyze_with_policy", None))
-    change = guard._changes.latest_row(target)
-    in_flight = change is not None and change["state"] in IN_FLIGHT
+    change = guard.change(target, flush=False)
+    in_flight = change is not None and change.in_flight
     if in_flight and not with_policy:
         return  # one change in flight per target: do not even ask
     actor = f"strategy:{type(strategy).__name__}"
@@ -134,11 +133,11 @@ def run_strategy(guard: "Guard", target: str, window: Cell, since: float) -> Non
             report("trail.append", err)
 
 
-def _act(guard: "Guard", target: str, decision: StrategyDecision, in_flight: dict | None, actor: str) -> None:
-    change_id = in_flight["id"] if in_flight else None
+def _act(guard: "Guard", target: str, decision: StrategyDecision, in_flight: Change | None, actor: str) -> None:
+    change_id = in_flight.id if in_flight else None
     if decision.rollback_recent_change:
-        verdict = Verdict(Verdict.REGRESSED, f"{actor}: {decision.reason or 'rollback_recent_change'}", "strategy")
-        done = in_flight is not None and guard._changes.rollback(target, verdict, actor=actor)
+        reason = f"{actor}: {decision.reason or 'rollback_recent_change'}"
+        done = in_flight is not None and guard.rollback(target, actor=actor, reason=reason)
         action = "rolled_back" if done else ("rollback_refused" if in_flight else "nothing_to_roll_back")
     elif in_flight is not None:
         action = "change_in_flight"

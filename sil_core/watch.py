@@ -19,10 +19,13 @@ on the strength of calls nobody has judged yet:
 
 from __future__ import annotations
 
-import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .aggregates import Cell, contribution
+from .rollout import Arm, Mode
+
+if TYPE_CHECKING:
+    from .changes.rows import ChangeRow
 
 __all__ = ("SETTLE_READ_MAX", "post_promotion", "settled")
 
@@ -30,30 +33,29 @@ __all__ = ("SETTLE_READ_MAX", "post_promotion", "settled")
 SETTLE_READ_MAX = 20_000
 
 
-def settled(store: Any, row: dict[str, Any], base: Cell, cand: Cell, window_s: float,
-            *, now: float | None = None) -> tuple[Cell, Cell] | None:
+def settled(store: Any, row: "ChangeRow", base: Cell, cand: Cell, window_s: float,
+            *, now: float) -> tuple[Cell, Cell] | None:
     """``(baseline, candidate)`` without the calls of the last ``window_s`` seconds (their
     feedback may not have arrived), or ``None`` when the window holds too many calls to
     read back."""
-    since = (time.time() if now is None else now) - window_s
+    since = now - window_s
     base, cand = base.copy(), cand.copy()
-    for version, arm, cell in ((row["baseline_version"], "baseline", base), (row["candidate_version"], "candidate", cand)):
-        if row["mode"] == "switch" and arm == "baseline":
+    for version, arm, cell in ((row.baseline_version, Arm.BASELINE, base), (row.candidate_version, Arm.CANDIDATE, cand)):
+        if row.mode == Mode.SWITCH and arm == Arm.BASELINE:
             continue  # a frozen window from before the change: nothing recent in it
-        recent = store.read_calls(row["target"], since=since, version=version or None, limit=SETTLE_READ_MAX + 1)
+        recent = store.read_calls(row.target, since=since, version=version or None, limit=SETTLE_READ_MAX + 1)
         if len(recent) > SETTLE_READ_MAX:
             return None
         for record in recent:
-            if record.arm == arm and record.ts >= row.get("started", row["created"]):
+            if record.arm == arm and record.ts >= row.started:
                 cell.add(contribution(record), -1)
     return base, cand
 
 
-def post_promotion(cells: dict[tuple[str, str], Cell], row: dict[str, Any]) -> Cell:
+def post_promotion(cells: dict[tuple[str, str], Cell], row: "ChangeRow") -> Cell:
     """The promoted version's calls since its promotion (served without an arm)."""
-    now = (cells.get((row["candidate_version"], "")) or Cell()).copy()
-    snapshot = row.get("snapshot_promoted")
-    if snapshot:
-        values, hist = snapshot
+    now = (cells.get((row.candidate_version, "")) or Cell()).copy()
+    if row.snapshot_promoted:
+        values, hist = row.snapshot_promoted
         now.add(Cell.from_values(values, {int(b): n for b, n in hist.items()}), -1)
     return now

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from sil_core._internal.failopen import fail_open
+from sil_core.integration import fail_open
 from sil_core.errors import MissingExtra
 
 __all__ = ("clear_skill_caches", "hermes_home", "require", "write_origin")

@@ -11,7 +11,7 @@ import hashlib
 from pathlib import Path
 from typing import Any, Dict, Iterable, List
 
-from sil_core._internal.files import atomic_write
+from sil_core.integration import atomic_write
 
 __all__ = ("declared_keys", "parse_yaml", "read_keys", "write_keys")
 

@@ -12,8 +12,8 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from sil_core._internal.failopen import fail_open
-from sil_core._internal.worker import BackgroundWorker
+from sil_core.integration import fail_open
+from sil_core.integration import BackgroundWorker, State
 from sil_core.records import Outcome
 from sil_core.versions import config_version
 
@@ -222,10 +222,10 @@ class Runtime:
             return
         self._refreshed = now
         blocked: Dict[str, Dict[str, str]] = {}
-        for _, row, _ in self.guard.store.kv_list("change"):
-            if row.get("state") == "rolled_back" and str(row.get("target", "")).startswith("hermes:"):
-                reason = (row.get("verdict") or {}).get("reason") or row.get("reason") or "it regressed"
-                blocked.setdefault(skill_of(row["target"]), {})[row["candidate_version"]] = reason
+        for change in self.guard.changes():
+            if change.state == State.ROLLED_BACK and change.target.startswith("hermes:"):
+                reason = (change.verdict.reason if change.verdict else "") or change.reason or "it regressed"
+                blocked.setdefault(skill_of(change.target), {})[change.candidate_version] = reason
         self.blocked = blocked
 
 

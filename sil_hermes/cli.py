@@ -14,8 +14,6 @@ from .skills import SkillConfigAdapter, target_for
 
 __all__ = ("main",)
 
-_IN_FLIGHT = ("proposed", "canary", "paused", "restore_failed")
-
 
 def _default_store(home: Path) -> str:
     return os.environ.get("SIL_STORE") or f"sqlite:///{home / 'sil' / 'sil.db'}"
@@ -25,26 +23,31 @@ def _when(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _changes(store, target: str) -> List[dict]:
-    return sorted((row for _, row, _ in store.kv_list("change") if row.get("target") == target),
-                  key=lambda r: r["created"])
+def _guard(store, adapter: Optional[SkillConfigAdapter] = None):
+    from sil_core import Guard
+
+    return Guard(store, adapter=adapter, worker_id="cli:hermes", flush_interval=60, handle_sigterm=False)
 
 
 def history(store, skill: str) -> List[tuple]:
     """``(version, created, writer, status)`` rows of a skill, oldest first."""
-    from sil_core.versions import list_versions
+    from sil_core.integration import State
 
     target = target_for(skill)
-    head = (store.kv_get("head", target) or ({}, 0))[0]
     writers = {}
     for _, edit, _ in store.kv_list("hermes_edit"):
         if edit.get("skill") == skill:
             writers[edit["after"]] = edit.get("writer")
-    quarantined = {r["candidate_version"] for r in _changes(store, target) if r["state"] == "rolled_back"}
+    guard = _guard(store)
+    try:
+        active = guard.view(target, fresh=True).active
+        quarantined = {c.candidate_version for c in guard.changes(target) if c.state == State.ROLLED_BACK}
+        versions = guard.versions(target)
+    finally:
+        guard.close()
     rows = []
-    for v in list_versions(store, target):
-        status = "active" if v["version"] == head.get("active") else \
-            "quarantined" if v["version"] in quarantined else ""
+    for v in versions:
+        status = "active" if v["version"] == active else "quarantined" if v["version"] in quarantined else ""
         rows.append((v["version"], _when(v["created"]), writers.get(v["version"], "-"), status))
     return rows
 
@@ -52,23 +55,20 @@ def history(store, skill: str) -> List[tuple]:
 def rollback(store, skill: str, adapter: SkillConfigAdapter, to: Optional[str] = None) -> str:
     """Roll the skill's change in flight back, or restore version ``to`` (default: the
     version before the latest change); returns what was done."""
-    from sil_core import Guard
-
     target = target_for(skill)
-    changes = _changes(store, target)
-    latest = changes[-1] if changes else None
-    if latest and latest.get("adapter_spec"):
-        adapter.remember(latest["adapter_spec"])
-    guard = Guard(store, adapter=adapter, worker_id="cli:hermes", flush_interval=60)
+    guard = _guard(store, adapter)
     try:
+        latest = guard.change(target, flush=False)
+        if latest is not None and latest.adapter_spec:
+            adapter.remember(latest.adapter_spec)
         done = []
-        if latest is not None and latest["state"] in _IN_FLIGHT:
+        if latest is not None and latest.in_flight:
             if not guard.rollback(target, actor="cli:hermes"):
-                return f"{skill}: rollback of change {latest['id']} not done (another worker holds it)"
-            done.append(f"rolled back change {latest['id']} to {latest['baseline_version']}")
-            if to is None or to == latest["baseline_version"]:
+                return f"{skill}: rollback of change {latest.id} not done (another worker holds it)"
+            done.append(f"rolled back change {latest.id} to {latest.baseline_version}")
+            if to is None or to == latest.baseline_version:
                 return f"{skill}: " + "; ".join(done)
-        version = to or (latest["baseline_version"] if latest else None)
+        version = to or (latest.baseline_version if latest else None)
         if not version:
             return f"{skill}: nothing to roll back (no recorded change)"
         guard.pin(target, version, adapter=adapter, actor="cli:hermes")

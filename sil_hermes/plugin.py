@@ -1,7 +1,7 @@
 """The Hermes plugin (entry point ``hermes_agent.plugins``: ``sil = sil_hermes.plugin``).
 
 ``register(ctx)`` wires four hooks. Each accepts ``**kwargs``, never raises (an error is
-reported through :mod:`sil_core._internal.failopen` and the tool call goes on), is
+reported through ``sil_core.integration.report`` and the tool call goes on), is
 thread-safe and queues its bookkeeping to a background worker:
 
 * ``pre_tool_call``: snapshots a skill before a ``skill_manage`` write lands; blocks a
@@ -16,7 +16,7 @@ thread-safe and queues its bookkeeping to a background worker:
 
 from typing import Any, Optional
 
-from sil_core._internal.failopen import report
+from sil_core.integration import report
 
 from ._runtime import runtime
 from .skills import skill_of

@@ -274,7 +274,7 @@ class ConfigurableAdapter(StoreConfigAdapter):
                 if arm is not None and config is not None:
                     return version, arm, config
             except Exception as exc:  # fail open: serve the active version
-                from sil_core._internal.failopen import report
+                from sil_core.integration import report
 
                 report("configurable.route", exc)
         active = self._active_value(target)

@@ -32,8 +32,7 @@ import time
 from typing import Any, Callable, Iterable
 from uuid import UUID
 
-from sil_core._internal.failopen import report
-from sil_core._internal.jsonsafe import error_message
+from sil_core.integration import error_message, report
 from sil_core.errors import MissingExtra
 from sil_core.outcomes import classify_exception
 from sil_core.records import Outcome

@@ -25,9 +25,7 @@ No ``from __future__ import annotations`` here: LangGraph reads ``__call__``'s s
 
 from typing import Any, Callable, Optional
 
-from sil_core._internal.failopen import report
-from sil_core.changes import bucket
-from sil_core.rollout import State
+from sil_core.integration import Mode, State, bucket, report
 
 from ._compat import load
 from .nodes import ledger
@@ -85,7 +83,7 @@ class GuardNode:
         if not self._judge(state):
             return FALLBACK
         try:
-            view = self.guard._changes.view(self.target)
+            view = self.guard.view(self.target)
             if view.state == State.ROLLED_BACK and view.candidate is not None:
                 served = self._served_version(self._thread(), view)
                 if served == view.candidate:
@@ -116,7 +114,7 @@ class GuardNode:
             entry = self._ledger.served.get((self.target, thread))
         if entry is not None:
             return entry[0]
-        if view.mode == "canary" and thread is not None:
+        if view.mode == Mode.CANARY and thread is not None:
             return view.candidate if bucket(view.change_id, thread) < view.weight else view.baseline
         return self.guard.route(self.target, key=thread)[0]
 

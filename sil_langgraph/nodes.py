@@ -8,7 +8,7 @@ the target named after the node LangGraph reports (so one function under two nod
 is two targets). During a canary the thread id is the routing key: one thread, one arm.
 Inside the node, :func:`node_config` returns the config of the version serving it.
 
-Outcomes (``langgraph.md`` §3):
+Outcomes:
 
 * ``GraphInterrupt``, ``ParentCommand``, ``GraphDrained`` (every ``GraphBubbleUp``) are
   recorded as ``interrupted`` and re-raised untouched; a cancelled node (a failing
@@ -22,7 +22,7 @@ Outcomes (``langgraph.md`` §3):
   ``guarded_node`` takes ``retry_policy=``. Without a policy, or on langgraph < 1.1.3 (no
   ``node_attempt``), every failure is final.
 
-Pinning (``langgraph.md`` §5.7, "approved v1, got v2"): a node interrupted while serving a
+Pinning ("approved v1, got v2"): a node interrupted while serving a
 version writes a pin ``{version, arm}`` to the guard's store (kind ``"pin"``, key
 ``"<target>|<thread id>|<task id>"``; the task id, stable across resume, is left out
 before langgraph 1.1.3). When LangGraph resumes the thread, the re-executed node is
@@ -40,9 +40,8 @@ import time
 import weakref
 from typing import Any, Callable, Optional
 
-from sil_core._internal.failopen import report
-from sil_core._internal.ids import new_id
-from sil_core.calls import CallInfo, _current, current_call, is_coroutine_callable, judge_result
+from sil_core import current_call
+from sil_core.integration import is_coroutine_callable, judge_result, new_id, report
 from sil_core.records import Outcome
 from sil_core.versions import get_version
 
@@ -51,10 +50,8 @@ from ._compat import RESUMING_KEY, load, node_attempt, task_id, will_retry
 __all__ = ("add_guarded_node", "guarded_node", "node_config")
 
 _perf = time.perf_counter
-_mono = time.monotonic
 _now = time.time
 PIN = "pin"
-_OK = Outcome.OK
 _LEDGER_MAX = 10_000
 
 
@@ -117,7 +114,7 @@ _EMPTY: dict = {}
 class _Node:
     """The per-execution decisions of one guarded node, written once for both shells."""
 
-    __slots__ = ("guard", "target", "success", "retry_policy", "default_name", "lg", "ledger", "names")
+    __slots__ = ("guard", "target", "success", "retry_policy", "default_name", "lg", "ledger", "names", "recorders")
 
     def __init__(self, guard: Any, target: Optional[str], success: Any, retry_policy: Any, default_name: str) -> None:
         self.guard, self.target, self.success = guard, target, success
@@ -125,13 +122,13 @@ class _Node:
         self.lg = load()
         self.ledger = ledger(guard)
         self.names: set = set()  # node names this wrapper has run under
+        self.recorders: dict = {}  # node name -> the guard's Recorder of that target
 
     def shells(self) -> tuple:
         """``(begin, end)`` for the wrapper: the common path, with every name it needs bound
         to a local (the wrapper runs on every node execution; see ``langgraph_overhead.py``)."""
-        start_call, finish = self.guard._start_call, self.guard._finish
         target, default_name, names, success = self.target, self.default_name, self.names, self.success
-        judged, pinned_route, settle = self.ledger.judged, self._pinned, self._settle
+        judged, pinned_route, settle, recorders = self.ledger.judged, self._pinned, self._settle, self.recorders
 
         def begin(config: Any) -> tuple:
             """``(target, thread, configurable, route, token, pinned)`` of an execution starting
@@ -140,6 +137,8 @@ class _Node:
                 configurable = config.get("configurable") or _EMPTY
                 thread = configurable.get("thread_id")
                 name = target or (config.get("metadata") or _EMPTY).get("langgraph_node") or default_name
+                if name not in names:
+                    self._register(name, config)
                 if configurable.get(RESUMING_KEY) and thread is not None:
                     pinned = pinned_route(name, thread, configurable)
                     if pinned is not None:
@@ -147,9 +146,9 @@ class _Node:
             else:
                 configurable = thread = None
                 name = target or default_name
-            if name not in names:
-                self._register(name, config)
-            route, token = start_call(name, thread)
+                if name not in names:
+                    self._register(name, config)
+            route, token = recorders[name].begin(thread)
             return name, thread, configurable, route, token, False
 
         def end(run: tuple, ts: float, duration: float, exc: Optional[BaseException], result: Any) -> Any:
@@ -159,9 +158,7 @@ class _Node:
                 attempt = node_attempt(configurable) if configurable else None  # None: LangGraph < 1.1.3
                 if exc is None and not pinned and name not in judged:  # the common case
                     ok = True if success is None else judge_result(success, result)
-                    if ok is True and token is None:  # CallRecord's fields: the writer builds it
-                        return None, name, ts, duration, _OK, None, None, None, None, attempt or 1, None, None
-                    return finish(name, ts, duration, None, ok, route, token, attempt=attempt or 1)
+                    return recorders[name].end((route, token), ts, duration, None, ok, attempt=attempt or 1)
                 return settle(run, attempt, ts, duration, exc, result)
             except Exception as err:
                 report("langgraph.record", err)
@@ -170,6 +167,7 @@ class _Node:
         return begin, end
 
     def _register(self, name: str, config: Any) -> None:
+        self.recorders[name] = self.guard.recorder(name)
         self.names.add(name)
         node = (config.get("metadata") or _EMPTY).get("langgraph_node") if config else None
         _node_targets[node or name] = (weakref.ref(self.guard), name)
@@ -181,8 +179,8 @@ class _Node:
             if not pin or not pin.get("version"):
                 return None
             config = get_version(self.guard.store, name, pin["version"])
-            route = (pin["version"], pin.get("arm"), None if config is None else dict(config))
-            return route, _current.set(CallInfo(name, *route))
+            return self.recorders[name].begin(route=(pin["version"], pin.get("arm"),
+                                                     None if config is None else dict(config)))
         except Exception as exc:  # fail open: route as usual
             report("langgraph.pin", exc)
             return None
@@ -193,7 +191,7 @@ class _Node:
         interrupt (pin the version), the end of a pinned execution, a judged target."""
         name, thread, configurable, route, token, pinned = run
         ok = True if exc is not None else judge_result(self.success, result)
-        record = self.guard._finish(name, ts, duration, exc, ok, route, token, attempt=attempt or 1)
+        record = self.recorders[name].end((route, token), ts, duration, exc, ok, attempt=attempt or 1)
         if record is None:
             return None
         outcome = record.outcome
@@ -229,75 +227,71 @@ def guarded_node(fn: Callable[..., Any], *, guard: Any, target: Optional[str] = 
             node is added with, so attempts LangGraph retries are recorded as ``retried``.
     """
     node = _Node(guard, target, success, retry_policy, getattr(fn, "__qualname__", repr(fn)))
-    (begin, end), put, aput = node.shells(), guard._put, guard._aput
-    # The fast lane: an execution of a registered, unversioned, unjudged target, not
-    # resuming, with no success predicate, under a batched guard. It skips the shells and
-    # appends the record's fields straight to the writer's queue; the queue's bound and the
+    begin, end = node.shells()
+    # The fast lane: an execution of a registered, unversioned (Recorder.plain), unjudged
+    # target, not resuming, with no success predicate. It skips the shells and records
+    # through Recorder.ok, the cheapest way to record a call; the queue's bound and the
     # flusher's wake-up are checked by the general path, which every target takes at least
     # once per refresh interval (its view expires). LangGraph runs each node between
     # hundreds of µs of its own code, so every Python frame saved here counts (see
     # benchmarks/langgraph_overhead.py). Written out in both twins for the same reason.
-    fast = success is None and not guard._sync
-    current_config, views, names, judged = node.lg.current_config, guard._views, node.names, node.ledger.judged
-    append = guard._writer._queue.append
+    fast = success is None
+    current_config, recorders, judged = node.lg.current_config, node.recorders, node.ledger.judged
+    default_rec = guard.recorder(target or node.default_name)
 
     if is_coroutine_callable(fn):
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
             config = current_config()
             if fast and config:
                 name = target or (config.get("metadata") or _EMPTY).get("langgraph_node")
-                view = views.get(name)
+                rec = recorders.get(name)
                 configurable = config.get("configurable") or _EMPTY
-                if (view is not None and view.unversioned and name in names and name not in judged
-                        and _mono() <= view.expires and not configurable.get(RESUMING_KEY)):
+                if (rec is not None and name not in judged and rec.plain()
+                        and not configurable.get(RESUMING_KEY)):
                     ts, t0 = _now(), _perf()
                     try:
                         result = await fn(*args, **kwargs)
                     except BaseException as exc:
-                        await aput(end((name, configurable.get("thread_id"), configurable, None, None, False), ts,
-                                       _perf() - t0, exc, None))
+                        await rec.aput(end((name, configurable.get("thread_id"), configurable, None, None, False), ts,
+                                           _perf() - t0, exc, None))
                         raise
-                    duration = _perf() - t0
-                    append((None, name, ts, duration, _OK, None, None, None, None,
-                            node_attempt(configurable) or 1, None, None))
+                    rec.ok(ts, _perf() - t0, node_attempt(configurable) or 1)
                     return result
             run = begin(config)
             ts, t0 = _now(), _perf()
             try:
                 result = await fn(*args, **kwargs)
             except BaseException as exc:
-                await aput(end(run, ts, _perf() - t0, exc, None))
+                await default_rec.aput(end(run, ts, _perf() - t0, exc, None))
                 raise
-            await aput(end(run, ts, _perf() - t0, None, result))
+            await default_rec.aput(end(run, ts, _perf() - t0, None, result))
             return result
     else:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             config = current_config()
             if fast and config:
                 name = target or (config.get("metadata") or _EMPTY).get("langgraph_node")
-                view = views.get(name)
+                rec = recorders.get(name)
                 configurable = config.get("configurable") or _EMPTY
-                if (view is not None and view.unversioned and name in names and name not in judged
-                        and _mono() <= view.expires and not configurable.get(RESUMING_KEY)):
+                if (rec is not None and name not in judged and rec.plain()
+                        and not configurable.get(RESUMING_KEY)):
                     ts, t0 = _now(), _perf()
                     try:
                         result = fn(*args, **kwargs)
                     except BaseException as exc:
-                        put(end((name, configurable.get("thread_id"), configurable, None, None, False), ts,
-                                _perf() - t0, exc, None))
+                        rec.put(end((name, configurable.get("thread_id"), configurable, None, None, False), ts,
+                                    _perf() - t0, exc, None))
                         raise
-                    duration = _perf() - t0
-                    append((None, name, ts, duration, _OK, None, None, None, None,
-                            node_attempt(configurable) or 1, None, None))
+                    rec.ok(ts, _perf() - t0, node_attempt(configurable) or 1)
                     return result
             run = begin(config)
             ts, t0 = _now(), _perf()
             try:
                 result = fn(*args, **kwargs)
             except BaseException as exc:
-                put(end(run, ts, _perf() - t0, exc, None))
+                default_rec.put(end(run, ts, _perf() - t0, exc, None))
                 raise
-            put(end(run, ts, _perf() - t0, None, result))
+            default_rec.put(end(run, ts, _perf() - t0, None, result))
             return result
 
     functools.wraps(fn)(wrapper)

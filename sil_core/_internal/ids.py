@@ -1,7 +1,7 @@
 """Unique, roughly time-ordered ids that are cheap enough for the hot path.
 
 An id is 12 hex digits of milliseconds since the epoch, a per-process random part and a
-per-process counter, so ids never collide across processes or hosts (seed bug B6) and
+per-process counter, so ids never collide across processes or hosts (docs/migrating-from-0.1.md, B6) and
 sort by creation time. The random part is drawn again in a forked child.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import socket
 import time
 
 _state: list = []
@@ -27,3 +28,8 @@ def new_id() -> str:
     """Return a new unique id such as ``0193a1b2c3d4-5f2e9a0b7c11-1a``."""
     prefix, counter = _state
     return f"{time.time_ns() // 1_000_000:012x}-{prefix}-{next(counter):x}"
+
+
+def default_worker_id() -> str:
+    """This worker's name in the trail: ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 __all__ = ("ConsecutiveFailures", "TripwireState", "is_outage")
 
@@ -79,6 +79,28 @@ class TripwireState:
             if run >= self.limit:
                 return i - run + 1, i
         return None
+
+    def check(self, started: float, baseline_since: Callable[[float], tuple[int, int]], *, now: float,
+              by: str) -> bool:
+        """Fire if the calls hold a run of ``limit`` failures, unless it is an outage: the
+        baseline's ``(decided calls, failures)`` since the call before the run began
+        (``baseline_since(ts)``; ``started`` for a run from the first call) say it fails
+        as well (:func:`is_outage`). Returns ``True`` if it fired now."""
+        if self.fired:
+            return False
+        run = self.failure_run()
+        if run is None:
+            return False
+        first, last = run
+        since = self.calls[first - 1][0] if first > 0 else started
+        base_calls, base_failures = baseline_since(since)
+        if is_outage(base_calls, base_failures):
+            return False
+        run_calls = self.calls[first:last + 1]
+        self.fired = {"ts": now, "by": by, "calls": [e[1] for e in run_calls],
+                      "judged_failed": sum(1 for e in run_calls if e[3]),
+                      "baseline_since_run": {"calls": base_calls, "failures": base_failures}}
+        return True
 
     def full(self) -> bool:
         return len(self.calls) >= self.window

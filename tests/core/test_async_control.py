@@ -62,7 +62,7 @@ async def test_a_slow_store_does_not_stall_the_loop():
         stats, lag = await _max_lag_while(guard.astats("a"))
         assert stats.n == 20 and lag < 0.1, lag
         change, lag = await _max_lag_while(guard.apropose("a", {"x": 2}))
-        assert change.state == State.CANARY and lag < 0.1, lag
+        assert change.state in (State.CANARY, State.SWITCHED) and lag < 0.1, lag
         latest, lag = await _max_lag_while(guard.achange("a"))
         assert latest.id == change.id and lag < 0.1, lag
         rolled, lag = await _max_lag_while(guard.arollback("a"))

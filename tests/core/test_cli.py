@@ -105,7 +105,7 @@ def test_cli_approve_starts_a_change_waiting_for_approval(tmp_path, capsys):
     assert main(["approve", "canary-agent", "--store", url]) == 1  # nothing waits any more
     with Guard(url) as g:
         assert [g.change(t).state for t in ("canary-agent", "file-agent", "dict-agent")] == \
-            ["canary", "canary", "proposed"]
+            ["canary", "switched", "proposed"]
         assert any(e["type"] == "change_applied" and e["actor"] == actor() for e in g.trail("canary-agent"))
 
 

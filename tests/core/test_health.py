@@ -8,7 +8,7 @@ import logging
 import time
 
 from sil_core import DictConfigAdapter, Guard
-from sil_core import guard as guard_module
+from sil_core._internal import after_write as after_write_module
 from sil_core.cli import main
 from sil_core.store import MemoryStore
 
@@ -45,7 +45,7 @@ def test_health_counts_what_was_lost_and_whether_the_store_answers():
 
 
 def test_every_workers_health_is_in_sil_status(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(guard_module, "HEARTBEAT_S", 0.0)
+    monkeypatch.setattr(after_write_module, "HEARTBEAT_S", 0.0)
     url = f"sqlite:///{tmp_path / 's.db'}"
     guards = [Guard(url, flush_interval=0.05, worker_id=f"web-{i}") for i in range(2)]
     for g in guards:

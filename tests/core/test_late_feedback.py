@@ -10,7 +10,8 @@ import time
 import pytest
 
 from sil_core import DictConfigAdapter, Guard, RolloutPolicy, State
-from sil_core import changes as changes_module
+from sil_core.changes.judging import WATCH_EVERY_S
+from sil_core.testing import ManualClock
 
 DELAY_S = 2.0  # the thumbs-downs arrive this long after the answer
 
@@ -30,7 +31,7 @@ def drive(g: Guard, *, until_s: float, bad_rate: float, rng: random.Random) -> s
         i += 1
         time.sleep(0.0005)
         change = g.change("bot") if i % 25 == 0 else None
-        if change is not None and change.state != State.CANARY:
+        if change is not None and change.state not in (State.CANARY, State.SWITCHED):
             return change.state
     return g.change("bot").state
 
@@ -54,12 +55,12 @@ def test_a_harmful_change_judged_only_by_late_feedback_is_not_promoted_with_a_wi
 
 
 @pytest.mark.parametrize("action", ["alert", "revert"])
-def test_a_promoted_version_that_regresses_is_alerted_once(action, monkeypatch):
-    monkeypatch.setattr(changes_module, "WATCH_EVERY_S", 0.0)
+def test_a_promoted_version_that_regresses_is_alerted_once(action):
+    clock = ManualClock()  # the watch judges at most every WATCH_EVERY_S: time moves instead of sleeping
     heard = []
     adapter = DictConfigAdapter({"bot": {"p": 1}})
     policy = RolloutPolicy(min_calls=30, ramp=(0.5,), on_watch_regression=action)
-    g = Guard("memory://", adapter=adapter, policy=policy, flush_interval=60, refresh_interval=0)
+    g = Guard("memory://", adapter=adapter, policy=policy, flush_interval=60, refresh_interval=0, clock=clock)
     g.notifiers.append(type("N", (), {"notify": lambda self, e: heard.append(e)})())
     for _ in range(200):
         with g.call("bot"):
@@ -70,6 +71,7 @@ def test_a_promoted_version_that_regresses_is_alerted_once(action, monkeypatch):
         with g.call("bot") as call:
             call.success = i % 4 == 0
         if i % 50 == 49:
+            clock.advance(WATCH_EVERY_S)
             g.evaluate("bot")
     g.drain()
     events = [e for e in g.trail("bot") if e["type"] == "watch_regressed"]
@@ -83,10 +85,10 @@ def test_a_promoted_version_that_regresses_is_alerted_once(action, monkeypatch):
     g.close()
 
 
-def test_a_healthy_promoted_version_is_not_alerted(monkeypatch):
-    monkeypatch.setattr(changes_module, "WATCH_EVERY_S", 0.0)
+def test_a_healthy_promoted_version_is_not_alerted():
+    clock = ManualClock()
     with Guard("memory://", adapter=DictConfigAdapter({"bot": {"p": 1}}), policy=RolloutPolicy(min_calls=30),
-               flush_interval=60, refresh_interval=0) as g:
+               flush_interval=60, refresh_interval=0, clock=clock) as g:
         rng = random.Random(3)
         for _ in range(200):
             with g.call("bot") as call:
@@ -97,6 +99,7 @@ def test_a_healthy_promoted_version_is_not_alerted(monkeypatch):
             with g.call("bot") as call:
                 call.success = rng.random() > 0.05
             if i % 100 == 99:
+                clock.advance(WATCH_EVERY_S)
                 g.evaluate("bot")
         g.drain()
         assert [e["type"] for e in g.trail("bot")].count("watch_regressed") == 0

@@ -24,7 +24,7 @@ def test_8_processes_one_harmful_change_exactly_one_rollback(backend, tmp_path, 
         for i in range(100):  # history on the baseline before the change
             g.record("agent", success=i % 50 != 0, latency_s=0.001)
         change = g.propose("agent", {"prompt": "bad"}, mode="switch")
-        assert change.state == "canary"
+        assert change.state in ("canary", "switched")
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=guarded_worker, args=(url, str(config), str(counter), 60.0, seed))
              for seed in range(8)]

@@ -38,14 +38,14 @@ def run_story(home, guard, *, v2_fails: bool, v1_calls: int, v2_calls: int, dela
         handle_function_call("skill_manage", PATCH)  # the real write path; the plugin snapshots v1
         drain()
         change = guard.change(TARGET)
-        assert change is not None and change.state == "canary"
+        assert change is not None and change.state in ("canary", "switched")
         phase["v2"] = True
         if not v2_fails:
             fake.delay_s = delay_s
         for _ in range(v2_calls):
             skills.call("demo-skill", "what is the demo?", agent_factory=make)
             guard.drain()
-            if guard.change(TARGET).state != "canary":
+            if guard.change(TARGET).state not in ("canary", "switched"):
                 break
         guard.evaluate(TARGET)
     return guard.change(TARGET)

@@ -1,0 +1,185 @@
+"""The hot path: route a call, build its record, queue it. And ``Recorder``, the same for
+integrations.
+
+``HotPath`` is what every guarded call of a Guard runs (the decorators and ``guard.call``
+in ``calls.py``). :class:`Recorder` is the public face of it for integrations
+(``guard.recorder(target)``): a framework's wrapper gets one per target, once, and calls
+it on every execution, so the record's format stays inside sil_core (see the README,
+"Writing an integration").
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+from ._internal.failopen import report
+from ._internal.jsonsafe import error_message
+from .calls import CallInfo, _current, _last
+from .outcomes import classify_exception
+from .records import CallRecord, Feedback, Outcome
+
+if TYPE_CHECKING:
+    from .guard import Guard
+
+__all__ = ("Begun", "Recorder")
+
+_OK, _ERROR = Outcome.OK, Outcome.ERROR
+#: what ``begin`` returns: ``(route, token)``; ``route`` is ``(version, arm, config)`` or ``None``
+Begun = tuple
+
+
+class HotPath:
+    """Routing and recording for one Guard (never raises: it fails open)."""
+
+    def __init__(self, guard: "Guard") -> None:
+        self.guard = guard
+        self.changes = guard._changes
+        self.views = self.changes.router.views
+        self.clock = guard.clock
+        self.writer = guard._writer
+        self.readers: dict[str, Callable[[], dict | None]] = {}  # per target: its adapter's config
+
+    def start(self, target: str, key: Any = None, route: tuple | None = None) -> Begun:
+        """Route a call: ``((version, arm, config), contextvar token)`` or ``(None, token)``;
+        ``route`` serves a call a given version instead (a resumed, pinned execution)."""
+        try:
+            if route is not None:
+                return route, _current.set(CallInfo(target, *route))
+            view = self.views.get(target)
+            if view is not None and view.unversioned and self.clock.monotonic() <= view.expires:
+                read = self.readers.get(target) or self.reader(target)
+                return None, _current.set(CallInfo(target, None, None, read))  # the common case
+            route = self.changes.route(target, key)
+            if route[0] is None:
+                return None, _current.set(CallInfo(target, None, None, self.reader(target)))
+            return route, _current.set(CallInfo(target, *route))
+        except Exception as exc:
+            report("guard.route", exc)
+            return None, None
+
+    def reader(self, target: str) -> Callable[[], dict | None]:
+        """How a call of a target without versions reads its config: from the target's
+        adapter, when asked for (``None`` without an adapter)."""
+        read = self.readers.get(target)
+        if read is None:
+            guard = self.guard
+            read = self.readers[target] = lambda: guard.adapter_config(target)
+        return read
+
+    def finish(self, target: str, ts: float, duration: float, exc: BaseException | None, ok: Any,
+               route: tuple | None, token: Any, call_id: str | None = None, context: Any = None,
+               score: float | None = None, attempt: int = 1) -> CallRecord | None:
+        """Build the record of a finished call (never raises)."""
+        try:
+            if token is not None:
+                info = _current.get()
+                if info is not None:
+                    # the id the call was given; else the info itself, resolved by the writer, so
+                    # that an id the caller asks for later (last_call().call_id) is the record's
+                    call_id = call_id or info._id or info
+                    _last.set(info)
+                try:
+                    _current.reset(token)
+                except ValueError:  # reset from another context (a generator resumed elsewhere)
+                    pass
+            version, arm = (route[0], route[1]) if route else (None, None)
+            if exc is None:
+                if ok is True:  # the id of a decorated call is assigned off the hot path
+                    return CallRecord(call_id, target, ts, duration, _OK, None, None, version, arm, attempt, score,
+                                      context)
+                outcome, etype, msg = _ERROR, ok, None
+            else:
+                outcome, etype, msg = classify_exception(exc), type(exc).__name__, error_message(exc)
+            return CallRecord(call_id, target, ts, duration, outcome, etype, msg, version, arm, attempt, score, context)
+        except Exception as err:
+            report("guard.record", err)
+            return None
+
+    def put(self, item: CallRecord | Feedback | None) -> None:
+        if item is not None:
+            try:
+                self.guard._enqueue(item)
+            except Exception as exc:
+                report("guard.record", exc)
+
+    async def aput(self, item: CallRecord | Feedback | None) -> None:
+        if item is None:
+            return
+        try:
+            if self.guard.durability == "sync":
+                await self.writer.aput_durable(item)
+            else:
+                self.writer.put(item)
+        except Exception as exc:
+            report("guard.record", exc)
+
+
+class Recorder:
+    """Records the calls of one target for an integration (``guard.recorder(target)``).
+
+    ::
+
+        rec = guard.recorder("my-node")
+        begun = rec.begin(key=thread_id)          # routes; current_call() works inside
+        try:
+            result = fn(...)
+        except BaseException as exc:
+            rec.put(rec.end(begun, ts, perf() - t0, exc))
+            raise
+        rec.put(rec.end(begun, ts, perf() - t0))
+
+    ``end`` builds the :class:`~sil_core.records.CallRecord` (an integration may adjust its
+    ``outcome`` or ``id`` before ``put``); ``plain()`` and ``ok()`` are the fast lane for a
+    target no version serves yet (see their docstrings). Every method fails open.
+    """
+
+    __slots__ = ("guard", "target", "_hot", "_views", "_clock", "_append")
+
+    def __init__(self, guard: "Guard", target: str) -> None:
+        self.guard = guard
+        self.target = target
+        self._hot: HotPath = guard._hot
+        self._views = self._hot.views
+        self._clock = self._hot.clock
+        self._append = guard._writer._queue.append
+
+    def begin(self, key: Any = None, *, route: tuple | None = None) -> Begun:
+        """Route one call (``key``: its routing key, e.g. a thread or user id) and make it
+        the :func:`~sil_core.current_call`; ``route``: serve it this ``(version, arm,
+        config)`` instead (an execution resumed on the version it started with)."""
+        return self._hot.start(self.target, key, route)
+
+    def end(self, begun: Begun, ts: float, duration: float, exc: BaseException | None = None, ok: Any = True, *,
+            attempt: int = 1, call_id: str | None = None, context: Any = None,
+            score: float | None = None) -> CallRecord | None:
+        """The record of a call that started at ``ts`` (epoch seconds) and took ``duration``
+        seconds: raised ``exc``, or returned and judged ``ok`` (``True``, or the failure's
+        error type). ``None`` if it could not be built (reported)."""
+        route, token = begun
+        return self._hot.finish(self.target, ts, duration, exc, ok, route, token, call_id, context, score, attempt)
+
+    def put(self, record: CallRecord | None) -> None:
+        """Queue a record (with ``durability="sync"``, wait until it is committed)."""
+        self._hot.put(record)
+
+    async def aput(self, record: CallRecord | None) -> None:
+        """``put`` for a coroutine: a sync guard awaits the commit without blocking the loop."""
+        await self._hot.aput(record)
+
+    def plain(self) -> bool:
+        """Whether the target is served without a version now (no change was ever made, and
+        this worker's view of it is fresh): then ``ok`` may record a call, and routing and
+        ``current_call`` may be skipped."""
+        v = self._views.get(self.target)
+        return v is not None and v.unversioned and self._clock.monotonic() <= v.expires
+
+    def ok(self, ts: float, duration: float, attempt: int = 1) -> None:
+        """Record a successful call of a :meth:`plain` target, as cheaply as possible (its id
+        is made off the hot path). Under ``durability="sync"`` it waits like :meth:`put`."""
+        if self.guard.durability == "sync":
+            self._hot.put(CallRecord(None, self.target, ts, duration, _OK, attempt=attempt))
+        else:  # a CallRecord's fields in order: the writer builds the record
+            self._append((None, self.target, ts, duration, _OK, None, None, None, None, attempt, None, None))
+
+    def __repr__(self) -> str:
+        return f"<Recorder {self.target!r} of {self.guard!r}>"
