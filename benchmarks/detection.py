@@ -5,7 +5,7 @@ A Monte Carlo simulation with known truth. Each scenario gives a baseline and a 
 distribution; each run simulates one change from start to decision, once under
 sil-guard's lifecycle and detector and once under the seed's rollback rules
 (self-improving-loop 0.1.3, re-implemented from its source; see
-``shared/notes/seed-findings.md`` §4.6 and §5.5). It reports the rollback rate (a
+``docs/statistics.md``, "What benchmarks/detection.py measures"). It reports the rollback rate (a
 *false* rollback for a neutral change, *detection* for a harmful one) and the calls to
 detect (median and 95th percentile over the runs that rolled back).
 
@@ -22,7 +22,7 @@ aggregate ``Cell`` (``sil_core.aggregates.add_record``); after every *candidate*
    has its minimum sample), the tripwire ``ConsecutiveFailures(policy.tripwire_consecutive)``
    sees its outcome and rolls back at once, unless it stands down because the baseline
    calls made since the candidate's failure run began include >= 2 failures and are >= 50 %
-   failures: an outage, not the change (the rule of ``sil_core.changes``);
+   failures: an outage, not the change (the rule of ``sil_core.detect.tripwire``);
 2. ``judge(baseline, candidate, policy, check_p95=...)`` runs, with ``check_p95`` true only
    on the call where the candidate's successful-call count reaches the next p95 look
    (``detect.detector.p95_look``): *regressed* rolls back; *healthy* promotes at the last
@@ -153,7 +153,7 @@ def _draw(rng: random.Random, arm: Arm, failed: bool = False) -> tuple[bool, flo
 def _stands_down(run_calls: int, run_failures: int) -> bool:
     """Whether the tripwire stands down because the baseline fails too (an outage): the
     baseline calls made since the candidate's failure run began include >= 2 failures
-    and are >= 50 % failures (``sil_core.changes.outage_during_run``)."""
+    and are >= 50 % failures (``sil_core.detect.tripwire.is_outage``)."""
     return run_failures >= 2 and run_failures >= STANDDOWN_FAILURE_RATE * run_calls
 
 

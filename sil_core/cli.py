@@ -10,7 +10,6 @@ the person (``cli:$USER``). Exit codes: 0 done, 1 refused (the reason on stderr)
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import os
 import sys
@@ -23,20 +22,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 from .aggregates import Stats, merge
 from .errors import SilError
-from .rollout import SERVING, Mode, State
+from .cli_actions import DONE, IN_FLIGHT_STATES, REFUSED, USAGE, Refused, act, actor
 from .store import Store, default_store_url, open_store
 from .store._paths import default_data_dir
 
 __all__ = ("main", "masked_url")
-
-DONE, REFUSED, USAGE = 0, 1, 2
-#: states of a change that `sil promote` / `sil rollback` can act on
-IN_FLIGHT_STATES = SERVING | {State.RESTORE_FAILED}
-
-
-class Refused(Exception):
-    """An action that cannot be taken; the message says why (exit code 1)."""
-
 
 def masked_url(url: str) -> str:
     """A store URL with its password (if any) replaced by ``***``."""
@@ -48,15 +38,6 @@ def masked_url(url: str) -> str:
         return url.split("://", 1)[0] + "://***"
     user, _, host = parts.netloc.rpartition("@")
     return urlunsplit((parts.scheme, f"{user.split(':', 1)[0]}:***@{host}", parts.path, parts.query, parts.fragment))
-
-
-def actor() -> str:
-    """``cli:<user>``: who acted, for the trail."""
-    try:
-        user = os.environ.get("USER") or getpass.getuser()
-    except Exception:  # no user name in this environment
-        user = "unknown"
-    return f"cli:{user}"
 
 
 def _since(text: str | None) -> float | None:
@@ -162,7 +143,8 @@ def _print_workers(workers: list[dict]) -> None:
     print()
     print("workers (their last health report):")
     _print_table(("worker", "seen", "pending", "written", "dropped", "set aside", "invalid", "store", "last write error"),
-                 [(w["worker_id"], f"{w['age_s']:.0f}s ago", w["pending"], w["written"],
+                 [(w["worker_id"], ("stopped " if w.get("stopped") else "") + f"{w['age_s']:.0f}s ago", w["pending"],
+                   w["written"],
                    w["dropped"] + w["dropped_after_close"], w["set_aside"], sum((w.get("invalid_values") or {}).values()),
                    "ok" if w["store_reachable"] else "UNREACHABLE", w["last_write_error"] or "-") for w in workers],
                  indent="  ")
@@ -253,105 +235,6 @@ def _trail(store: Store, args: argparse.Namespace) -> int:
     return DONE
 
 
-# -- actions -------------------------------------------------------------------------------------
-def _in_flight(guard: Any, target: str) -> Any:
-    change = guard.change(target)
-    if change is None or change.state not in IN_FLIGHT_STATES:
-        hint = ""
-        if change is not None and change.state == State.PROMOTED:
-            hint = f" (change {change.id} was promoted; undo it with: sil revert {target})"
-        raise Refused(f"{target}: no change in flight{hint}")
-    return change
-
-
-def _promote_or_rollback(guard: Any, target: str, action: str, who: str) -> dict:
-    change = _in_flight(guard, target)
-    needs_adapter = change.mode == Mode.SWITCH if action == "rollback" else change.mode == Mode.CANARY
-    if needs_adapter and guard.adapter_for(target) is None:
-        guard.request(target, action, actor=who)
-        return {"change": change.id, "state": change.state, "requested": True,
-                "message": f"{target}: {action} requested: its adapter cannot be rebuilt here, so the next worker "
-                           f"that holds it acts (within about a second)"}
-    done = guard.rollback(target, actor=who) if action == "rollback" else guard.promote(target, actor=who)
-    after = guard.change(target)
-    if not done:
-        raise Refused(f"{target}: {action} not done; change {change.id} is {after.state}"
-                      + (" (another worker is acting on it)" if after.state in IN_FLIGHT_STATES else ""))
-    return {"change": change.id, "state": after.state, "message": f"{target}: {action} done; change {change.id} "
-                                                                  f"is now {after.state}"}
-
-
-def _approve(guard: Any, target: str, who: str) -> dict:
-    change = guard.change(target)
-    if change is None or change.state != State.PROPOSED:
-        raise Refused(f"{target}: no change waiting for approval")
-    if change.mode == Mode.SWITCH and guard.adapter_for(target) is None:
-        raise Refused(f"{target}: a switch-mode change is applied through its adapter, which cannot be rebuilt "
-                      "here; approve it where the adapter lives (guard.approve)")
-    after = guard.approve(target, actor=who)
-    if not after.serving:
-        raise Refused(f"{target}: change {after.id} could not start: {after.reason}")
-    return {"change": after.id, "state": after.state, "message": f"{target}: change {after.id} approved; it is now "
-                                                                 f"{after.state}"}
-
-
-def _needs_adapter(guard: Any, target: str, what: str) -> None:
-    if guard.adapter_for(target) is None:
-        raise Refused(f"{target}: {what} restores a config through the target's ConfigAdapter, which cannot be "
-                      "rebuilt in this process (only adapters with a spec, such as JsonFileConfigAdapter, can); "
-                      f"call guard.{what}(...) where the adapter lives")
-
-
-def _revert(guard: Any, target: str, to: str | None, who: str) -> dict:
-    _needs_adapter(guard, target, "revert")
-    change = guard.revert(target, to=to, actor=who)
-    if change.state != State.PROMOTED:
-        raise Refused(f"{target}: {change.reason}")
-    return {"change": change.id, "state": change.state,
-            "message": f"{target}: reverted {change.baseline_version or '-'} -> {change.candidate_version} "
-                       f"(change {change.id})"}
-
-
-def _pin(guard: Any, target: str, version: str, who: str) -> dict:
-    if version != guard.view(target, fresh=True).active:
-        _needs_adapter(guard, target, "pin")
-    guard.pin(target, version, adapter=guard.adapter_for(target), actor=who)
-    return {"version": version, "message": f"{target}: pinned to {version}; proposals are refused until "
-                                           f"sil unpin {target}"}
-
-
-def _unpin(guard: Any, target: str, who: str) -> dict:
-    if not guard.unpin(target, actor=who):
-        raise Refused(f"{target}: not pinned")
-    return {"message": f"{target}: unpinned"}
-
-
-def _act(store: Store, args: argparse.Namespace) -> int:
-    from .guard import Guard
-
-    who = actor()
-    guard = Guard(store, worker_id=who, flush_interval=60)
-    try:
-        command, target = args.command, args.target
-        if command in ("promote", "rollback"):
-            result = _promote_or_rollback(guard, target, command, who)
-        elif command == "approve":
-            result = _approve(guard, target, who)
-        elif command == "revert":
-            result = _revert(guard, target, args.to, who)
-        elif command == "pin":
-            result = _pin(guard, target, args.version, who)
-        else:
-            result = _unpin(guard, target, who)
-    finally:
-        guard.close()
-    if args.json:
-        print(json.dumps({"ok": True, "command": command, "target": target, "actor": who, **result}, indent=2))
-    else:
-        print(result["message"])
-    return DONE
-
-
 # -- the parser ----------------------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
@@ -413,7 +296,7 @@ def _run(store: Store, args: argparse.Namespace) -> int:
     if args.command == "trail":
         return _trail(store, args)
     if args.command not in ("status", "changes"):
-        return _act(store, args)
+        return act(store, args)
     guard = Guard(store, worker_id=actor(), flush_interval=60)
     try:
         if args.command == "status":

@@ -3,7 +3,7 @@
 ``SelfImprovingLoop.execute_with_improvement`` keeps its signature and return keys, and
 runs in switch mode: the strategy's patch is applied through the ``ConfigAdapter``, judged
 against a frozen baseline of the calls before it, and rolled back on evidence. What the
-seed got wrong is fixed underneath (``seed-findings.md`` §6): the statistics (A1-A7), the
+seed got wrong is fixed underneath (``docs/migrating-from-0.1.md``, "Defects fixed"): the statistics (A1-A7), the
 lifecycle (B1-B9), shared state across threads and processes (C1-C3), and async calls,
 error payloads and bookkeeping errors (D1-D6).
 """

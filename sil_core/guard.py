@@ -317,6 +317,8 @@ class Guard(ChangeControl, AsyncControl):
         self._decide.close(0.0)
         self._events.close(0.0)
         self._report_close(timeout, flushed, judged, notified)
+        if flushed and self._after_write.heartbeats:  # its last report says it stopped, and what it wrote
+            self._after_write.heartbeat(stopped=_now())
         if self._control is not None:
             self._control.shutdown(wait=False)
         if self._owns_store and flushed and judged:

@@ -33,8 +33,8 @@ class HotPath:
 
     def __init__(self, guard: "Guard") -> None:
         self.guard = guard
-        self.changes = guard._changes
-        self.views = self.changes.router.views
+        self.router = guard._changes.router
+        self.views = self.router.views
         self.clock = guard.clock
         self.writer = guard._writer
         self.readers: dict[str, Callable[[], dict | None]] = {}  # per target: its adapter's config
@@ -49,7 +49,7 @@ class HotPath:
             if view is not None and view.unversioned and self.clock.monotonic() <= view.expires:
                 read = self.readers.get(target) or self.reader(target)
                 return None, _current.set(CallInfo(target, None, None, read))  # the common case
-            route = self.changes.route(target, key)
+            route = self.router.view(target).route(key)
             if route[0] is None:
                 return None, _current.set(CallInfo(target, None, None, self.reader(target)))
             return route, _current.set(CallInfo(target, *route))

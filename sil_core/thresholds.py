@@ -2,7 +2,7 @@
 
 The seed's four profiles, kept: a target's call frequency picks ``high`` (more than 10
 calls a day), ``medium`` or ``low`` (fewer than 3); a target marked critical gets
-``critical``. Fixed from the seed (``seed-findings.md`` A4, A5):
+``critical``. Fixed from the seed (``docs/migrating-from-0.1.md``, "Defects fixed", A4, A5):
 
 * critical only when marked (``set_manual_threshold(..., is_critical=True)`` or
   ``critical=``), never by matching words in the name, and a manual ``is_critical`` is

@@ -10,13 +10,9 @@ name that needs them is first used; without them that use raises
 
 from typing import Any
 
+from .adapters import ConfigurableAdapter, StoreConfigAdapter
 from .guard_node import GuardNode
 from .nodes import add_guarded_node, guarded_node, node_config
-
-try:  # written separately; the lead finalises this file
-    from .adapters import ConfigurableAdapter, StoreConfigAdapter
-except ImportError:  # pragma: no cover
-    pass
 
 __all__ = (
     "ConfigurableAdapter",

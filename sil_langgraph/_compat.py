@@ -4,7 +4,7 @@ detected (the package supports langgraph >= 1.0).
 Importing this module imports nothing from LangGraph; :func:`load` does, once, and raises
 :class:`sil_core.MissingExtra` naming the ``langgraph`` extra when it is not installed.
 
-Feature detection (``langgraph.md`` §1):
+Feature detection:
 
 * ``Runtime.execution_info`` (1.1.3+) gives the node attempt and task id. Without it every
   attempt is recorded as attempt 1 and a failed attempt counts as a final failure.

@@ -58,6 +58,7 @@ class AfterWrite:
         self.pending_eval: set[str] = set()
         self.last_tick = 0.0
         self.last_heartbeat = time.monotonic()  # the first report after HEARTBEAT_S: a short script writes none
+        self.heartbeats = 0
 
     def __call__(self, calls: list[CallRecord], feedback: list[Feedback], changed: Any = None) -> None:
         if changed is not None:  # the store says which records feedback changed, and how
@@ -140,7 +141,9 @@ class AfterWrite:
             self.heartbeat(now)
 
     def heartbeat(self, now: float | None = None, **extra: Any) -> None:
+        """Write this worker's health to the store (``extra``: e.g. ``stopped=ts`` at close)."""
         self.last_heartbeat = time.monotonic() if now is None else now
+        self.heartbeats += 1
         with fail_open("health.heartbeat"):
             self.guard.store.kv_put("worker", self.guard.worker_id,
                                     {**self.guard.health(probe=False).as_dict(), **extra}, expect_rev=None)

@@ -1,4 +1,4 @@
-"""The seed's public API (``self-improving-loop`` 0.1.x, ``seed-findings.md`` §4) on
+"""The seed's public API (``self-improving-loop`` 0.1.x, ``docs/migrating-from-0.1.md``, "What is kept") on
 ``sil_core.SelfImprovingLoop``: constructor, the result dict, rollback dicts,
 ``check_and_rollback``, stats, rollback history, thresholds, legacy strategy hooks, and
 the async twin."""

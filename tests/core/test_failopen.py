@@ -32,6 +32,7 @@ class RaisingNotifier:
 
 def test_a_store_that_raises_never_reaches_the_caller():
     store = BrokenStore()
+    before = failopen.error_counts["store.write"]
     g = Guard(store, flush_interval=0.01)
 
     @g.track("t")
@@ -47,7 +48,7 @@ def test_a_store_that_raises_never_reaches_the_caller():
         bad()
     assert g.flush(timeout=2) is False  # not durable, and honest about it
     assert g.stats("t").n == 0
-    assert failopen.error_counts["store.write"] >= 1
+    assert failopen.error_counts["store.write"] > before
     g.close(timeout=1)
 
 
@@ -77,6 +78,7 @@ def test_records_survive_a_transient_store_failure():
 
 
 def test_a_notifier_that_raises_never_reaches_the_caller():
+    before = failopen.error_counts["notifier"]
     g = Guard("memory://", notifiers=[RaisingNotifier()])
     g.thresholds.set_manual_threshold("t", failure_threshold=1, min_failure_rate=0.0)
 
@@ -89,7 +91,7 @@ def test_a_notifier_that_raises_never_reaches_the_caller():
             bad()
     g.flush()
     g._events.drain(2)
-    assert failopen.error_counts["notifier"] >= 1
+    assert failopen.error_counts["notifier"] > before
     g.close()
 
 

@@ -58,8 +58,16 @@ def test_every_workers_health_is_in_sil_status(tmp_path, monkeypatch, capsys):
     assert set(workers) >= {"web-0", "web-1"} and workers["web-0"]["written"] == 10
     assert main(["status", "--store", url]) == 0
     assert "workers (their last health report)" in capsys.readouterr().out
+    for _ in range(5):  # written after the last report: a stopped worker's final report counts them
+        with guards[0].call("t"):
+            pass
     for g in guards:
         g.close()
+    assert main(["status", "--store", url, "--json"]) == 0
+    workers = {w["worker_id"]: w for w in json.loads(capsys.readouterr().out)["workers"]}
+    assert workers["web-0"]["written"] == 15 and workers["web-0"]["stopped"] and workers["web-1"]["stopped"]
+    assert main(["status", "--store", url]) == 0
+    assert "stopped" in capsys.readouterr().out
 
 
 def test_decisions_are_logged_by_default(caplog):

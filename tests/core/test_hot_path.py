@@ -94,3 +94,26 @@ async def test_a_store_locked_for_15_s_does_not_stall_the_event_loop(backend, tm
     await guard.aclose()
     with open_store(url) as store:
         assert store.count_calls("answer") == before + during  # every call, recorded afterwards
+
+
+def test_an_idle_worker_does_not_serve_a_change_that_ended_long_ago(tmp_path):
+    """A worker that sat idle for longer than refresh_interval re-reads the view before its
+    next call (waiting at most FIRST_READ_S), instead of serving the rolled-back candidate
+    it cached (seen in a 4-worker uvicorn trial: the first request after 10 s idle got it)."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    adapter = DictConfigAdapter({"bot": {"model": "m1"}})
+    with Guard(url, adapter=adapter, refresh_interval=0.2, worker_id="a") as a, \
+            Guard(url, adapter=DictConfigAdapter({"bot": {"model": "m1"}}), refresh_interval=0.2,
+                  worker_id="b") as b:
+        a.propose("bot", {"model": "m2"}, mode="switch")
+        time.sleep(0.3)
+        with b.call("bot") as call:  # b caches the switch: the candidate serves
+            assert call.arm == "candidate"
+        assert a.rollback("bot")
+        served = []
+        for _ in range(5):  # idle, then one request
+            time.sleep(0.5)
+            with b.call("bot") as call:
+                served.append((call.arm, call.version))
+        assert all(arm is None for arm, _ in served), served
+        assert {v for _, v in served} == {a.change("bot").baseline_version}

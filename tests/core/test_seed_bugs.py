@@ -1,4 +1,4 @@
-"""The seed's lifecycle, concurrency and integration bugs (``seed-findings.md`` §6), each
+"""The seed's lifecycle, concurrency and integration bugs (``docs/migrating-from-0.1.md``, "Defects fixed"), each
 as one scenario run against both implementations: ``self_improving_loop.SelfImprovingLoop``
 0.1.3 (the seed, installed in the venv) and ``sil_core.SelfImprovingLoop``.
 

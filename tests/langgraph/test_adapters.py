@@ -248,7 +248,7 @@ def test_version_tags_land_in_checkpoint_metadata():
 
 
 def test_a_paused_thread_is_resumed_with_the_version_it_started_with():
-    """langgraph.md §5.7: the human approved a v1 draft; the resumed run must not use v2."""
+    """The human approved a v1 draft; the resumed run must not use v2."""
     adapter = ConfigurableAdapter({"writer": {"prompt": "v1"}})
     graph = build_writer_graph(InMemorySaver(), ask=True)
     first = graph.invoke({"topic": "tea"}, adapter.run_config("writer", thread_id="t", pin_from=graph))

@@ -16,6 +16,7 @@ from langgraph.store.memory import InMemoryStore
 from langgraph.types import CachePolicy, Command, RetryPolicy, Send, interrupt
 
 from sil_core import DictConfigAdapter, Guard, RolloutPolicy, State, open_store
+from sil_core.testing import ManualClock
 from sil_langgraph import add_guarded_node, guarded_node, node_config
 
 
@@ -501,7 +502,8 @@ def test_the_fast_lane_records_every_execution_and_sees_another_workers_change()
     reaches the node once its view expires."""
     store = open_store("memory://")
     adapter = DictConfigAdapter({"work": {"prompt": "v1"}})
-    with Guard(store, adapter=adapter, flush_interval=60, refresh_interval=0.2) as worker, \
+    clock = ManualClock()
+    with Guard(store, adapter=adapter, flush_interval=60, refresh_interval=0.2, clock=clock) as worker, \
             Guard(store, adapter=adapter, flush_interval=60) as other:
         prompts = []
 
@@ -525,9 +527,10 @@ def test_the_fast_lane_records_every_execution_and_sees_another_workers_change()
         assert {r.version for r in records} == {None}
 
         other.propose("work", {"prompt": "v2"}, mode="switch")
-        time.sleep(0.3)  # the worker's view of "work" expires: the next call re-reads it in the background
-        graph.invoke({"x": 1}, {"configurable": {"thread_id": "expired"}})
-        time.sleep(0.1)
+        graph.invoke({"x": 1}, {"configurable": {"thread_id": "fresh"}})  # the cached view: no version yet
+        worker.flush()
+        assert worker.store.read_calls("work", limit=1)[0].version is None
+        clock.advance(0.5)  # the worker's view of "work" expired long ago: the next call reads it first
         graph.invoke({"x": 1}, {"configurable": {"thread_id": "after"}})
         worker.flush()
         latest = worker.store.read_calls("work", limit=1)[0]
