@@ -25,7 +25,7 @@ from ._paths import default_data_dir
 from .base import Store
 from .memory import MemoryStore
 
-__all__ = ("DEFAULT_STORE_PATH", "Store", "MemoryStore", "default_store_url", "open_store")
+__all__ = ("DEFAULT_STORE_PATH", "MemoryStore", "Store", "default_data_dir", "default_store_url", "open_store")
 
 #: where the embedded default store lives unless ``SIL_STORE`` says otherwise (read at
 #: import; :func:`default_store_url` reads ``XDG_DATA_HOME`` again on every call)

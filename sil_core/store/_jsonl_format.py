@@ -104,7 +104,7 @@ from typing import Any, Iterator
 from ..aggregates import Cell, CellKey, cells_for, feedback_delta
 from ..records import CallRecord, Feedback, Outcome
 from ._table import CellTable
-from .base import Pending, apply_feedback
+from ._common import Pending, apply_feedback, merge_cells
 
 FORMAT = 1
 O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -292,24 +292,16 @@ def recover(fd: int, st: os.stat_result, covered: tuple[int, int] | None, table:
         item = parse_line(line) if line.strip() else None
         if isinstance(item, CallRecord):
             states[item.id] = item
-            merge_deltas(deltas, cells_for([item]))
+            merge_cells(deltas, cells_for([item]))
         elif isinstance(item, Feedback):
             before = states.get(item.call_id)
             if before is None:
                 before = lookup(data[:start], {item.call_id}).get(item.call_id)
             if before is not None:
                 states[item.call_id] = after = apply_feedback(before, item)
-                merge_deltas(deltas, feedback_delta(before, after))
+                merge_cells(deltas, feedback_delta(before, after))
     table.apply(deltas)
     return True
-
-
-def merge_deltas(into: dict[CellKey, Cell], deltas: dict[CellKey, Cell]) -> None:
-    for key, cell in deltas.items():
-        if key in into:
-            into[key].add(cell)
-        else:
-            into[key] = cell
 
 
 def iter_lines(fd: int, size: int, *, reverse: bool = False, chunk: int = 1 << 16) -> Iterator[bytes]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..aggregates import ALL_TIME, Cell, CellKey
-from .base import merge_hours
+from ._common import merge_hours
 
 
 class CellTable:

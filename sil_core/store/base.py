@@ -3,9 +3,10 @@
 Writes are batches (``write(calls, feedback)``), applied atomically where the backend
 can; reads are bounded: aggregates (:class:`~sil_core.aggregates.Cell`) for every
 statistic, and windowed, limited reads of raw call records for strategies and exports.
-One contract test suite (``tests/store/test_contract.py``) runs against every backend.
+One contract test suite (:class:`sil_core.testing.StoreContract`) runs against every
+backend, ours and third-party ones.
 
-Feedback semantics shared by every backend (helpers below): per field (success, score)
+Feedback semantics shared by every backend (helpers in :mod:`sil_core.store._common`): per field (success, score)
 the feedback *given* last wins (``Feedback.ts``; ``None`` is the time the store writes
 it), whatever order batches arrive in; feedback for a call that is not stored yet is kept
 as :class:`Pending` and folded into the record when it arrives, so the record's first
@@ -17,12 +18,22 @@ contribution to the cells already includes it. Pending feedback is bounded: olde
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
-from ..aggregates import ALL_TIME, BUCKET_S, Cell, Stats, merge
-from ..errors import ConfigError
+from ..aggregates import BUCKET_S, Cell, Stats, merge
 from ..records import CallRecord, Feedback
+
+# the shared helpers live in ._common; re-exported here, where they used to be defined
+from ._common import (  # noqa: F401
+    Judged,
+    Pending,
+    apply_feedback,
+    fold_pending,
+    merge_hours,
+    merge_pending,
+    pending_bounds,
+    prune_order,
+)
 
 __all__ = ("PENDING_MAX", "PENDING_MAX_AGE_S", "Judged", "Pending", "Store", "apply_feedback", "fold_pending",
            "merge_pending")
@@ -136,6 +147,21 @@ class Store(ABC):
     def close(self) -> None:
         """Release connections and files. A closed store must not be used again."""
 
+    # -- optional abilities (named in ``capabilities``) ----------------------------------------
+    def retain(self, *, max_age_s: float | None = None, max_calls: int | None = None,
+               now: float | None = None) -> int:
+        """Delete raw records older than ``max_age_s`` seconds before ``now`` (default: the
+        current time) and beyond the newest ``max_calls`` per target; returns how many
+        records were deleted. Aggregates already counted stay (all-time cells always;
+        hourly cells older than the age cutoff may go).
+
+        Only stores whose ``capabilities`` include ``"retention"`` implement it; callers
+        check that first. This default raises :class:`NotImplementedError`.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} has no retention (\"retention\" is not in its capabilities)"
+        )
+
     # -- built on the core -----------------------------------------------------------------
     def stats(self, target: str, *, version: str | None = None, since: float | None = None) -> Stats:
         """Statistics of a target from its cells (``since`` resolves to its hour)."""
@@ -150,131 +176,3 @@ class Store(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.url}>"
-
-
-def merge_hours(rows: Sequence[tuple[str, str, int, Cell]], since_hour: int | None) -> dict[tuple[str, str], Cell]:
-    """Fold ``(version, arm, hour, cell)`` rows into per-(version, arm) sums (helper for backends)."""
-    out: dict[tuple[str, str], Cell] = {}
-    for version, arm, hour, cell in rows:
-        if since_hour is None:
-            if hour != ALL_TIME:
-                continue
-        elif hour == ALL_TIME or hour < since_hour:
-            continue
-        key = (version, arm)
-        if key in out:
-            out[key].add(cell)
-        else:
-            out[key] = cell.copy()
-    return out
-
-
-# -- feedback semantics shared by the backends ------------------------------------------------
-@dataclass(slots=True)
-class Pending:
-    """Feedback kept for a call that is not stored yet: per field, the value given last
-    and when it was given, and when the store last received feedback for it (``received``,
-    the clock of the pruning bound)."""
-
-    call_id: str
-    success: bool | None = None
-    success_ts: float | None = None
-    score: float | None = None
-    score_ts: float | None = None
-    received: float = 0.0
-
-    def as_feedback(self) -> list[Feedback]:
-        """The pending fields as feedback, each with the time it was given."""
-        out = []
-        if self.success is not None:
-            out.append(Feedback(self.call_id, success=self.success, ts=self.success_ts))
-        if self.score is not None:
-            out.append(Feedback(self.call_id, score=self.score, ts=self.score_ts))
-        return out
-
-
-def _replaces(ts: float | None, value: Any, value_ts: float | None) -> bool:
-    """Whether a field given at ``ts`` replaces ``value`` given at ``value_ts``: an unset
-    field, or one of unknown time (written before feedback had one) is replaced; else the
-    later wins, and on a tie the one written last."""
-    return value is None or ts is None or value_ts is None or ts >= value_ts
-
-
-def apply_feedback(record: CallRecord, fb: Feedback, now: float | None = None) -> CallRecord:
-    """The record with the feedback's fields set where they are newer than the record's
-    (``None`` fields leave it unchanged). ``now`` stands for ``fb.ts`` when that is
-    ``None``; with neither, the feedback applies in the order it comes (old JSONL lines)."""
-    ts = fb.ts if fb.ts is not None else now
-    fs, fs_ts = record.feedback_success, record.feedback_success_ts
-    sc, sc_ts = record.feedback_score, record.feedback_score_ts
-    if fb.success is not None and _replaces(ts, fs, fs_ts):
-        fs, fs_ts = bool(fb.success), ts
-    if fb.score is not None and _replaces(ts, sc, sc_ts):
-        sc, sc_ts = float(fb.score), ts
-    if (fs, fs_ts, sc, sc_ts) == (record.feedback_success, record.feedback_success_ts,
-                                  record.feedback_score, record.feedback_score_ts):
-        return record
-    return replace(record, feedback_success=fs, feedback_score=sc, feedback_success_ts=fs_ts, feedback_score_ts=sc_ts)
-
-
-def fold_pending(record: CallRecord, pending: Pending | None) -> CallRecord:
-    """The record with its pending feedback folded in (newer fields win, as for feedback)."""
-    if pending is not None:
-        for fb in pending.as_feedback():
-            record = apply_feedback(record, fb)
-    return record
-
-
-def merge_pending(pending: Pending | None, fb: Feedback, now: float) -> Pending:
-    """``pending`` (or a new entry) with one more feedback merged in, received ``now``."""
-    out = Pending(fb.call_id) if pending is None else replace(pending)
-    ts = fb.ts if fb.ts is not None else now
-    if fb.success is not None and _replaces(ts, out.success, out.success_ts):
-        out.success, out.success_ts = bool(fb.success), ts
-    if fb.score is not None and _replaces(ts, out.score, out.score_ts):
-        out.score, out.score_ts = float(fb.score), ts
-    out.received = max(out.received, now)
-    return out
-
-
-class Judged:
-    """Tracks which records of a batch feedback changed (what :meth:`Store.write` returns):
-    each record's effective success and score as the caller knew it, and its final state."""
-
-    def __init__(self) -> None:
-        self._before: dict[str, tuple] = {}
-        self._after: dict[str, CallRecord] = {}
-
-    def known(self, record: CallRecord) -> None:
-        """The state the caller knew (a new record as given, a stored one before the batch)."""
-        self._before.setdefault(record.id, (record.success, record.effective_score))
-
-    def now(self, record: CallRecord) -> None:
-        """The record's state after (part of) the batch."""
-        self._after[record.id] = record
-
-    def changed(self) -> list[CallRecord]:
-        before = self._before
-        return [r for cid, r in self._after.items()
-                if cid in before and (r.success, r.effective_score) != before[cid]]
-
-
-def prune_order(pending: Iterable[Pending], cutoff: float, limit: int) -> tuple[list[Pending], set[str]]:
-    """``(kept, dropped ids)``: entries received before ``cutoff`` are dropped, then the
-    oldest received beyond ``limit``."""
-    kept = sorted(pending, key=lambda p: (p.received, p.call_id))
-    dropped = {p.call_id for p in kept if p.received < cutoff}
-    kept = [p for p in kept if p.call_id not in dropped]
-    if len(kept) > limit:
-        dropped.update(p.call_id for p in kept[: len(kept) - limit])
-        kept = kept[len(kept) - limit :]
-    return kept, dropped
-
-
-def pending_bounds(max_age_s: float, max_count: int) -> tuple[float, int]:
-    """Validated ``(pending_max_age_s, pending_max)`` of a backend's constructor."""
-    if isinstance(max_age_s, bool) or not isinstance(max_age_s, (int, float)) or not max_age_s > 0:
-        raise ConfigError(f"pending_max_age_s must be a positive number, not {max_age_s!r}")
-    if isinstance(max_count, bool) or not isinstance(max_count, int) or max_count < 0:
-        raise ConfigError(f"pending_max must be an int >= 0, not {max_count!r}")
-    return float(max_age_s), max_count

@@ -117,7 +117,6 @@ from ._jsonl_format import (
     last_event,
     list_archives,
     lookup,
-    merge_deltas,
     parse_event,
     parse_line,
     pread_all,
@@ -128,19 +127,19 @@ from ._jsonl_format import (
 )
 from ._table import CellTable
 from ._paths import prepare_folder
-from .base import (
-    PENDING_MAX,
-    PENDING_MAX_AGE_S,
+from ._common import (
     Judged,
     Pending,
-    Store,
     apply_feedback,
     fold_pending,
+    matches,
+    merge_cells,
     merge_pending,
     pending_bounds,
     prune_order,
+    retained,
 )
-from .memory import matches, retained
+from .base import PENDING_MAX, PENDING_MAX_AGE_S, Store
 
 __all__ = ("JsonlStore",)
 
@@ -499,7 +498,7 @@ class JsonlStore(Store):
                 if after is not before:
                     states[cid] = after
                     judged.now(after)
-                    merge_deltas(deltas, feedback_delta(before, after))
+                    merge_cells(deltas, feedback_delta(before, after))
                     fb_lines.append(encode_feedback(fb if fb.ts is not None else replace(fb, ts=now)))
             body = b"".join([*map(self._encode, batch.values()), *fb_lines])
             if not body:
@@ -511,7 +510,7 @@ class JsonlStore(Store):
                 if kept != waiting:
                     self._save_pending(kept, cutoff)
                 return None
-            merge_deltas(deltas, cells_for(batch.values()))
+            merge_cells(deltas, cells_for(batch.values()))
             if self.max_bytes is not None and size > 0 and size + torn + len(body) > self.max_bytes:
                 os.close(fd)
                 fd = -1

@@ -2,7 +2,7 @@
 
 Raw records are kept in a bounded, insertion-ordered map (oldest evicted first,
 ``max_calls`` in all); aggregates are never evicted. Feedback for a call not stored yet
-waits in a map of :class:`~sil_core.store.base.Pending` entries: one received more than
+waits in a map of :class:`~sil_core.store._common.Pending` entries: one received more than
 ``pending_max_age_s`` ago is never applied, and whenever feedback is added to the map the
 expired entries and the oldest beyond ``pending_max`` are dropped.
 """
@@ -15,21 +15,22 @@ import time
 from collections import OrderedDict
 from typing import Sequence
 
-from ..aggregates import Cell, cells_for, feedback_delta
+from ..aggregates import Cell, CellKey, cells_for, feedback_delta
 from ..records import CallRecord, Feedback
-from ._table import CellTable
-from .base import (
-    PENDING_MAX,
-    PENDING_MAX_AGE_S,
+from ._common import (  # matches, retained: re-exported, once defined here
     Judged,
     Pending,
-    Store,
     apply_feedback,
     fold_pending,
+    matches,
+    merge_cells,
     merge_pending,
     pending_bounds,
     prune_order,
+    retained,
 )
+from ._table import CellTable
+from .base import PENDING_MAX, PENDING_MAX_AGE_S, Store
 
 __all__ = ("MemoryStore", "apply_feedback")
 
@@ -58,6 +59,7 @@ class MemoryStore(Store):
             pending = self._pending
             cutoff = now - self.pending_max_age_s
             fresh = []
+            deltas: dict[CellKey, Cell] = {}
             for record in {r.id: r for r in calls}.values():
                 if record.id in self._calls:
                     continue  # stored already: a retried batch must not count twice
@@ -68,7 +70,7 @@ class MemoryStore(Store):
                     judged.now(record)
                 self._calls[record.id] = record
                 fresh.append(record)
-            self._table.apply(cells_for(fresh))
+            merge_cells(deltas, cells_for(fresh))
             added = False
             for fb in feedback:
                 before = self._calls.get(fb.call_id)
@@ -81,8 +83,9 @@ class MemoryStore(Store):
                 after = apply_feedback(before, fb, now)
                 if after is not before:
                     self._calls[fb.call_id] = after
-                    self._table.apply(feedback_delta(before, after))
+                    merge_cells(deltas, feedback_delta(before, after))
                     judged.now(after)
+            self._table.apply(deltas)
             if added:
                 _, dropped = prune_order(pending.values(), cutoff, self.pending_max)
                 for cid in dropped:
@@ -148,8 +151,6 @@ class MemoryStore(Store):
 
     def retain(self, *, max_age_s: float | None = None, max_calls: int | None = None, now: float | None = None) -> int:
         """Drop records older than ``max_age_s`` and beyond the newest ``max_calls`` per target."""
-        import time
-
         now = time.time() if now is None else now
         with self._lock:
             keep = retained(list(self._calls.values()), max_age_s, max_calls, now)
@@ -157,26 +158,3 @@ class MemoryStore(Store):
             self._calls = OrderedDict((r.id, r) for r in sorted(keep, key=lambda r: (r.ts, r.id)))
         return removed
 
-
-def matches(r: CallRecord, target, since, until, version) -> bool:
-    return (
-        (target is None or r.target == target)
-        and (since is None or r.ts >= since)
-        and (until is None or r.ts < until)
-        and (version is None or r.version == version)
-    )
-
-
-def retained(records: list[CallRecord], max_age_s, max_calls, now: float) -> list[CallRecord]:
-    """The records a retention policy keeps (shared by file-based backends)."""
-    if max_age_s is not None:
-        records = [r for r in records if r.ts >= now - max_age_s]
-    if max_calls is not None:
-        by_target: dict[str, list[CallRecord]] = {}
-        for r in records:
-            by_target.setdefault(r.target, []).append(r)
-        records = []
-        for rows in by_target.values():
-            rows.sort(key=lambda r: (r.ts, r.id))
-            records.extend(rows[-max_calls:] if max_calls > 0 else [])
-    return records

@@ -1,9 +1,11 @@
 """``postgresql://user@host/db``: many workers on many hosts share one store.
 
 Every table lives in one schema (``?schema=NAME`` in the URL or the ``schema`` argument;
-``public`` by default), created on first use. The schema evolves through the append-only
-:data:`MIGRATIONS` list, recorded in ``sil_schema_version`` and applied under a
-transaction-level advisory lock, so any number of processes may start at once.
+``public`` by default), created on first use from the declaration in
+:mod:`sil_core.store._schema` (shared with SQLite). A store written by an earlier release is
+brought up to date by the append-only :data:`MIGRATIONS` list, recorded in
+``sil_schema_version``; both run under a transaction-level advisory lock, so any number of
+processes may start at once.
 
 A write batch is one transaction: new records are inserted with ``ON CONFLICT (id) DO
 NOTHING ... RETURNING id`` and only the rows actually inserted count toward the cells (a
@@ -67,17 +69,9 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from ..aggregates import ALL_TIME, BUCKET_S, FIELDS, Cell, CellKey, cells_for, feedback_delta
 from ..errors import ConfigError, MissingExtra, StoreError
 from ..records import CallRecord, Feedback
-from .base import (
-    PENDING_MAX,
-    PENDING_MAX_AGE_S,
-    Judged,
-    Pending,
-    Store,
-    apply_feedback,
-    fold_pending,
-    merge_pending,
-    pending_bounds,
-)
+from . import _schema
+from ._common import Judged, Pending, apply_feedback, fold_pending, merge_cells, merge_pending, pending_bounds
+from .base import PENDING_MAX, PENDING_MAX_AGE_S, Store
 
 __all__ = ("MIGRATIONS", "PostgresStore")
 
@@ -101,22 +95,22 @@ _RETAIN_TIMEOUT_S = 600.0
 
 _log = logging.getLogger("sil_core")
 
-CALL_COLUMNS = (
-    "id", "target", "ts", "duration_s", "outcome", "error_type", "error_message", "version",
-    "arm", "attempt", "score", "context", "feedback_success", "feedback_score",
-    "feedback_success_ts", "feedback_score_ts",
-)
-_CALL_TYPES = (
-    "text", "text", "float8", "float8", "text", "text", "text", "text",
-    "text", "int4", "float8", "text", "bool", "float8", "float8", "float8",
-)
-_PENDING_COLUMNS = ("call_id", "success", "success_ts", "score", "score_ts", "received")
-_PENDING_TYPES = ("text", "bool", "float8", "float8", "float8", "float8")
-_FLOAT_FIELDS = frozenset(name for name in FIELDS if isinstance(getattr(Cell(), name), float))
-_CELL_TYPES = tuple("float8" if name in _FLOAT_FIELDS else "int8" for name in FIELDS)
+def _array_types(table: _schema.Table, names: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The array parameter types (``int8``, ...) of some columns of a table of :mod:`._schema`."""
+    return tuple(_schema.PG_ARRAY_TYPES[t] for t in table.types(tuple(names) if names else None))
 
-#: Append-only: entry ``i`` moves the schema to version ``i + 1``. ``{schema}`` is the quoted
-#: schema name; statements are separated by ``;``. Never edit an entry once released.
+
+CALL_COLUMNS = _schema.CALLS.column_names
+_CALL_TYPES = _array_types(_schema.CALLS)
+_FEEDBACK_COLUMNS = ("id", "feedback_success", "feedback_score", "feedback_success_ts", "feedback_score_ts")
+_PENDING_COLUMNS = _schema.PENDING.column_names
+_PENDING_TYPES = _array_types(_schema.PENDING)
+_CELL_KEY = tuple(c.name for c in _schema.CELL_KEY)  # target, version, arm, hour
+_FLOAT_FIELDS = frozenset(name for name in FIELDS if isinstance(getattr(Cell(), name), float))
+
+#: Append-only: entry ``i`` moves a store written by an earlier release to version ``i + 1``
+#: (a new store is created from :mod:`._schema` at the last version). ``{schema}`` is the
+#: quoted schema name; statements are separated by ``;``. Never edit an entry once released.
 MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE IF NOT EXISTS {schema}.sil_calls (
@@ -338,7 +332,7 @@ class _Sql:
         self.update_feedback = (
             f"UPDATE {s}.sil_calls AS c SET feedback_success = u.fs, feedback_score = u.fsc, "
             f"feedback_success_ts = u.fst, feedback_score_ts = u.fsct "
-            f"FROM {_unnest(('text', 'bool', 'float8', 'float8', 'float8'), ('id', 'fs', 'fsc', 'fst', 'fsct'))} "
+            f"FROM {_unnest(_array_types(_schema.CALLS, _FEEDBACK_COLUMNS), ('id', 'fs', 'fsc', 'fst', 'fsct'))} "
             f"WHERE c.id = u.id"
         )
         self.stored_ids = f"SELECT id FROM {s}.sil_calls WHERE id = ANY(%s::text[])"
@@ -368,20 +362,20 @@ class _Sql:
             f"DELETE FROM {s}.sil_pending_feedback WHERE call_id IN (SELECT call_id FROM {s}.sil_pending_feedback "
             f'ORDER BY received DESC, call_id COLLATE "C" DESC OFFSET %s FOR UPDATE SKIP LOCKED)'
         )
-        key = ("target", "version", "arm", "hour")
+        key = _CELL_KEY
         cell_cols = ", ".join((*key, *FIELDS))
         self.upsert_cells = (
             f"INSERT INTO {s}.sil_cells AS c ({cell_cols}) "
-            f"SELECT {cell_cols} FROM {_unnest(('text', 'text', 'text', 'int8', *_CELL_TYPES), (*key, *FIELDS))} "
-            f"ORDER BY ord ON CONFLICT (target, version, arm, hour) DO UPDATE SET "
+            f"SELECT {cell_cols} FROM {_unnest(_array_types(_schema.CELLS, (*key, *FIELDS)), (*key, *FIELDS))} "
+            f"ORDER BY ord ON CONFLICT ({', '.join(key)}) DO UPDATE SET "
             + ", ".join(f"{f} = c.{f} + EXCLUDED.{f}" for f in FIELDS)
         )
-        hist_cols = "target, version, arm, hour, bin, n"
+        hist_names = _schema.HIST.column_names  # target, version, arm, hour, bin, n
+        hist_cols = ", ".join(hist_names)
         self.upsert_hist = (
             f"INSERT INTO {s}.sil_hist AS h ({hist_cols}) "
-            f"SELECT {hist_cols} FROM "
-            f"{_unnest(('text', 'text', 'text', 'int8', 'int4', 'int8'), ('target', 'version', 'arm', 'hour', 'bin', 'n'))} "
-            f"ORDER BY ord ON CONFLICT (target, version, arm, hour, bin) DO UPDATE SET n = h.n + EXCLUDED.n"
+            f"SELECT {hist_cols} FROM {_unnest(_array_types(_schema.HIST), hist_names)} "
+            f"ORDER BY ord ON CONFLICT ({', '.join(key)}, bin) DO UPDATE SET n = h.n + EXCLUDED.n"
         )
         self.cells_table = f"{s}.sil_cells"
         self.hist_table = f"{s}.sil_hist"
@@ -610,6 +604,12 @@ class PostgresStore(Store):
                 "(version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
             )
             current = conn.execute(f"SELECT coalesce(max(version), 0) FROM {sql.version_table}").fetchone()[0]
+            if current == 0 and conn.execute("SELECT to_regclass(%s)", (sql.calls_table,)).fetchone()[0] is None:
+                for statement in _schema.create_statements("postgresql", sql.schema):  # a new store
+                    conn.execute(statement)
+                conn.execute(f"INSERT INTO {sql.version_table} (version) SELECT generate_series(1, %s)",
+                             (len(MIGRATIONS),))
+                return
             for number, script in enumerate(MIGRATIONS[current:], start=current + 1):
                 for statement in filter(str.strip, script.format(schema=sql.schema).split(";")):
                     conn.execute(statement)
@@ -715,7 +715,7 @@ class PostgresStore(Store):
             if after is not before:
                 current[call_id] = after
                 judged.now(after)
-                _merge(deltas, feedback_delta(before, after))
+                merge_cells(deltas, feedback_delta(before, after))
         changed = [
             (call_id, r.feedback_success, _float(r.feedback_score), _float(r.feedback_success_ts),
              _float(r.feedback_score_ts))
@@ -937,10 +937,3 @@ def _dump(value: Any) -> str:
     """JSON text of a state value or an event (ASCII: no NUL or lone surrogate reaches the server)."""
     return json.dumps(value, sort_keys=True)
 
-
-def _merge(into: dict[CellKey, Cell], deltas: dict[CellKey, Cell]) -> None:
-    for key, cell in deltas.items():
-        if key in into:
-            into[key].add(cell)
-        else:
-            into[key] = cell.copy()

@@ -1,8 +1,9 @@
 """``sqlite:///file``: the embedded default store.
 
 WAL journal, ``busy_timeout`` for other processes, one ``BEGIN IMMEDIATE`` transaction
-per write batch (records, cell increments and feedback together), indexes on
-``(target, ts)`` and ``(target, version)``, and retention by age or count. Any number of
+per write batch (records, cell increments and feedback together), the schema of
+:mod:`sil_core.store._schema` (indexes on ``(target, ts)``, ``(target, version)`` and
+``ts``), and retention by age or count. Any number of
 processes on one host may share a file, and may open a file that does not exist yet at the
 same instant: switching to WAL, creating the schema and migrating wait for each other and
 retry within ``busy_timeout_s`` (SQLite answers some of these with "database is locked" at
@@ -35,37 +36,26 @@ from typing import Iterator, Sequence
 from ..aggregates import ALL_TIME, BUCKET_S, FIELDS, Cell, CellKey, cells_for, feedback_delta
 from ..errors import StoreError
 from ..records import CallRecord, Feedback
+from . import _schema
+from ._common import Judged, Pending, apply_feedback, fold_pending, merge_cells, merge_pending, pending_bounds
 from ._paths import prepare_folder
-from .base import (
-    PENDING_MAX,
-    PENDING_MAX_AGE_S,
-    Judged,
-    Pending,
-    Store,
-    apply_feedback,
-    fold_pending,
-    merge_pending,
-    pending_bounds,
-)
+from .base import PENDING_MAX, PENDING_MAX_AGE_S, Store
 
 __all__ = ("SqliteStore",)
 
-CALL_COLUMNS = (
-    "id", "target", "ts", "duration_s", "outcome", "error_type", "error_message", "version",
-    "arm", "attempt", "score", "context", "feedback_success", "feedback_score",
-    "feedback_success_ts", "feedback_score_ts",
-)
-_PENDING_COLS = "call_id, success, success_ts, score, score_ts, received"
+CALL_COLUMNS = _schema.CALLS.column_names
+_PENDING_COLS = ", ".join(_schema.PENDING.column_names)
+_KEY = ", ".join(c.name for c in _schema.CELL_KEY)  # target, version, arm, hour
 _CELL_COLS = ", ".join(FIELDS)
 _CELL_UPSERT = (
-    f"INSERT INTO sil_cells (target, version, arm, hour, {_CELL_COLS}) "
+    f"INSERT INTO {_schema.CELLS.name} ({_KEY}, {_CELL_COLS}) "
     f"VALUES (?, ?, ?, ?, {', '.join('?' for _ in FIELDS)}) "
-    f"ON CONFLICT (target, version, arm, hour) DO UPDATE SET "
+    f"ON CONFLICT ({_KEY}) DO UPDATE SET "
     + ", ".join(f"{f} = {f} + excluded.{f}" for f in FIELDS)
 )
 _HIST_UPSERT = (
-    "INSERT INTO sil_hist (target, version, arm, hour, bin, n) VALUES (?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT (target, version, arm, hour, bin) DO UPDATE SET n = n + excluded.n"
+    f"INSERT INTO {_schema.HIST.name} ({', '.join(_schema.HIST.column_names)}) VALUES (?, ?, ?, ?, ?, ?) "
+    f"ON CONFLICT ({_KEY}, bin) DO UPDATE SET n = n + excluded.n"
 )
 _INSERT_CALL = f"INSERT INTO sil_calls ({', '.join(CALL_COLUMNS)}) VALUES ({', '.join('?' for _ in CALL_COLUMNS)})"
 _SELECT_CALL = f"SELECT {', '.join(CALL_COLUMNS)} FROM sil_calls"
@@ -73,7 +63,8 @@ _SELECT_CALL = f"SELECT {', '.join(CALL_COLUMNS)} FROM sil_calls"
 #: the cell columns of schema version 1 (later versions add columns by migration)
 _V1_FIELDS = FIELDS[: FIELDS.index("score_sumsq") + 1]
 
-#: append-only: each entry moves the schema one version up. Never edit a released entry.
+#: append-only: each entry moves a store written by an earlier release one version up (a
+#: new store is created from :mod:`._schema` at the last version). Never edit a released entry.
 MIGRATIONS = (
     f"""
     CREATE TABLE sil_calls (
@@ -113,6 +104,8 @@ MIGRATIONS = (
     );
     CREATE INDEX sil_pending_feedback_received ON sil_pending_feedback (received)
     """,
+    # the index PostgreSQL always had: retain(max_age_s=...) and read_calls() of every target
+    "CREATE INDEX IF NOT EXISTS sil_calls_ts ON sil_calls (ts)",
 )
 _LOCKED = ("locked", "busy")
 
@@ -247,6 +240,17 @@ class SqliteStore(Store):
             conn.execute("CREATE TABLE IF NOT EXISTS sil_schema_version (version INTEGER NOT NULL)")
             row = conn.execute("SELECT version FROM sil_schema_version").fetchone()
             current = row[0] if row else 0
+            if current == 0 and conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (_schema.CALLS.name,)
+            ).fetchone() is None:  # a new store: the current schema at once
+                for statement in _schema.create_statements("sqlite"):
+                    conn.execute(statement)
+                number = len(MIGRATIONS)
+                if row is None:
+                    conn.execute("INSERT INTO sil_schema_version VALUES (?)", (number,))
+                else:
+                    conn.execute("UPDATE sil_schema_version SET version = ?", (number,))
+                return
             for number, script in enumerate(MIGRATIONS[current:], start=current + 1):
                 for statement in filter(str.strip, script.split(";")):
                     conn.execute(statement)
@@ -299,11 +303,7 @@ class SqliteStore(Store):
                 if after is not before:
                     states[fb.call_id] = after
                     judged.now(after)
-                    for key, cell in feedback_delta(before, after).items():
-                        if key in deltas:
-                            deltas[key].add(cell)
-                        else:
-                            deltas[key] = cell
+                    merge_cells(deltas, feedback_delta(before, after))
             updates = [r for cid, r in states.items() if r is not stored[cid]]
             if updates:
                 conn.executemany(
