@@ -23,8 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 from .aggregates import Stats, merge
 from .errors import SilError
 from .cli_actions import DONE, IN_FLIGHT_STATES, REFUSED, USAGE, Refused, act, actor
-from .store import Store, default_store_url, open_store
-from .store._paths import default_data_dir
+from .store import Store, default_data_dir, default_store_url, open_store
 
 __all__ = ("main", "masked_url")
 

@@ -91,8 +91,24 @@ def check_transition(current: str, new: str) -> None:
         raise InvalidTransition(f"a change in state {current!r} cannot become {new!r}")
 
 
+class InState:
+    """What a change's ``state`` says, for ``Change`` and the stored ``ChangeRow`` alike."""
+
+    state: str
+
+    @property
+    def in_flight(self) -> bool:
+        """Whether it still holds its target (a new proposal is refused)."""
+        return self.state in IN_FLIGHT
+
+    @property
+    def serving(self) -> bool:
+        """Whether its candidate serves calls now (``canary``, ``switched`` or ``paused``)."""
+        return self.state in SERVING
+
+
 @dataclass
-class Change:
+class Change(InState):
     """A move of a target from a baseline version to a candidate version.
 
     Read-only view of the stored change row; ``verdict`` is the latest decisive verdict, or
@@ -124,15 +140,6 @@ class Change:
     restore_error: str | None = None
     #: how another process rebuilds the change's adapter (``ConfigAdapter.spec()``), if it can
     adapter_spec: Any = None
-
-    @property
-    def in_flight(self) -> bool:
-        return self.state in IN_FLIGHT
-
-    @property
-    def serving(self) -> bool:
-        """Whether its candidate serves calls now (``canary``, ``switched`` or ``paused``)."""
-        return self.state in SERVING
 
     @classmethod
     def from_row(cls, row: Any, verdict: Verdict | None = None) -> "Change":

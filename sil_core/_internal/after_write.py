@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ..aggregates import BUCKET_S, merge
 from ..health import HEARTBEAT_S
 from ..records import CallRecord, Feedback
-from ..store.base import apply_feedback
+from ..store._common import apply_feedback
 from ..strategies import run_strategy
 from ..trail import append_event
 from .failopen import fail_open, report

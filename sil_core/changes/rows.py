@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..policy import RolloutPolicy
-from ..rollout import IN_FLIGHT, SERVING, Mode, State
+from ..rollout import InState, Mode, State
 from ..store.base import Store
 
 __all__ = ("FORMAT", "ChangeRow", "Head", "Rows")
@@ -28,7 +28,7 @@ FORMAT = 2
 
 
 @dataclass(frozen=True)
-class ChangeRow:
+class ChangeRow(InState):
     """A change as stored: what was proposed, where it is, and the evidence it froze."""
 
     id: str
@@ -109,16 +109,7 @@ class ChangeRow:
     def replace(self, **changes: Any) -> "ChangeRow":
         return dataclasses.replace(self, **changes)
 
-    # -- derived ---------------------------------------------------------------------------
-    @property
-    def in_flight(self) -> bool:
-        return self.state in IN_FLIGHT
-
-    @property
-    def serving(self) -> bool:
-        """Whether its candidate serves calls (``canary``, ``switched`` or ``paused``)."""
-        return self.state in SERVING
-
+    # -- derived (and in_flight, serving from InState) -------------------------------------
     @property
     def rollout_policy(self) -> RolloutPolicy:
         return RolloutPolicy.from_dict(self.policy)
