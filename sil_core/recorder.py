@@ -149,13 +149,18 @@ class Recorder:
         config)`` instead (an execution resumed on the version it started with)."""
         return self._hot.start(self.target, key, route)
 
-    def end(self, begun: Begun, ts: float, duration: float, exc: BaseException | None = None, ok: Any = True, *,
-            attempt: int = 1, call_id: str | None = None, context: Any = None,
+    def end(self, begun: Begun | None, ts: float, duration: float, exc: BaseException | None = None,
+            ok: Any = True, *, attempt: int = 1, call_id: str | None = None, context: Any = None,
             score: float | None = None) -> CallRecord | None:
         """The record of a call that started at ``ts`` (epoch seconds) and took ``duration``
         seconds: raised ``exc``, or returned and judged ``ok`` (``True``, or the failure's
-        error type). ``None`` if it could not be built (reported)."""
-        route, token = begun
+        error type as a string). ``begun`` is what :meth:`begin` returned, or ``None`` for
+        a call of the fast lane (not routed). ``call_id`` gives the record an id of your
+        own (for feedback); ``attempt`` is the framework's attempt number. The record may be
+        adjusted before :meth:`put` (e.g. ``record.outcome = Outcome.RETRIED`` for an
+        attempt the framework will retry). ``None`` if it could not be built (reported;
+        ``put(None)`` does nothing)."""
+        route, token = begun or (None, None)
         return self._hot.finish(self.target, ts, duration, exc, ok, route, token, call_id, context, score, attempt)
 
     def put(self, record: CallRecord | None) -> None:
