@@ -140,6 +140,8 @@ class Change(InState):
     restore_error: str | None = None
     #: how another process rebuilds the change's adapter (``ConfigAdapter.spec()``), if it can
     adapter_spec: Any = None
+    #: how routing keys fall on arms: ``bucket(change.id, key, change.key_hash) < weight``
+    key_hash: str = "crc32"
 
     @classmethod
     def from_row(cls, row: Any, verdict: Verdict | None = None) -> "Change":
@@ -155,4 +157,5 @@ class Change(InState):
             verdict=verdict or Verdict.from_dict(row.verdict), policy=row.policy, actor=row.actor,
             restore_attempts=row.restore.get("attempts", 0), kind=row.kind, started=row.started,
             metadata=row.metadata, restore_error=row.restore.get("error"), adapter_spec=row.adapter_spec,
+            key_hash=row.key_hash,
         )

@@ -9,6 +9,7 @@ re-reads it (see :meth:`Router.view`). Integrations read views through
 
 from __future__ import annotations
 
+import hashlib
 import random
 import threading
 import zlib
@@ -21,17 +22,29 @@ from .policy import RolloutPolicy
 from .rollout import SERVING, Arm, Mode
 from .versions import get_version
 
-__all__ = ("FIRST_READ_S", "Router", "TargetView", "bucket")
+__all__ = ("FIRST_READ_S", "KEY_HASH", "Router", "TargetView", "bucket")
 
 #: how long a call of a target this worker has never seen waits for its first read
 FIRST_READ_S = 0.02
 
 
-def bucket(change_id: str, key: Any) -> float:
+#: how changes proposed by this release hash routing keys (a change keeps the hash it was made with)
+KEY_HASH = "blake2b"
+
+
+def bucket(change_id: str, key: Any, key_hash: str = KEY_HASH) -> float:
     """Where a routing key falls in [0, 1) for one change: below the change's weight, the
     candidate serves it. The same on every worker, so any worker can tell which arm a key
-    got (or, after a rollback, would have got at the final weight)."""
-    return zlib.crc32(f"{change_id}:{key}".encode()) / 4294967296.0
+    got (or, after a rollback, would have got at the final weight).
+
+    ``key_hash`` is the change's (``Change.key_hash``): ``"blake2b"`` for changes made since
+    it exists; ``"crc32"`` for older ones, whose arms are kept. crc32 is linear: keys that
+    differ in the same place (``u1-t0``/``u1-t1``, ``u2-t0``/``u2-t1``, ...) fell on the same
+    side together, so an arm could follow the structure of the keys."""
+    data = f"{change_id}:{key}".encode()
+    if key_hash == "crc32":
+        return zlib.crc32(data) / 4294967296.0
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big") / 18446744073709551616.0
 
 
 class TargetView:
@@ -45,7 +58,7 @@ class TargetView:
 
     __slots__ = ("expires", "unversioned", "active", "active_config", "change_id", "state", "mode", "weight",
                  "baseline", "baseline_config", "candidate", "candidate_config", "started", "policy", "target",
-                 "pin")
+                 "pin", "key_hash")
 
     def __init__(self, target: str, expires: float) -> None:
         self.target = target
@@ -58,6 +71,8 @@ class TargetView:
         self.unversioned = True
         #: ``{"actor", "ts"}`` while the target is pinned (``Guard.pin``), else ``None``
         self.pin: dict | None = None
+        #: how the change in flight hashes routing keys (see :func:`bucket`)
+        self.key_hash = KEY_HASH
 
     @property
     def pinned(self) -> bool:
@@ -76,7 +91,8 @@ class TargetView:
         """``(version, arm, config)`` for one call (a copy of the config)."""
         if self.state not in SERVING:
             return self.active, None, None if self.active_config is None else dict(self.active_config)
-        if self.mode == Mode.SWITCH or (random.random() if key is None else bucket(self.change_id, key)) < self.weight:
+        if self.mode == Mode.SWITCH or \
+                (random.random() if key is None else bucket(self.change_id, key, self.key_hash)) < self.weight:
             return self.candidate, Arm.CANDIDATE, dict(self.candidate_config)
         return self.baseline, Arm.BASELINE, dict(self.baseline_config)
 
@@ -200,6 +216,7 @@ def read_view(rows: Any, target: str, expires: float) -> tuple[TargetView, Any]:
     if row is not None:
         view.change_id, view.state, view.mode, view.weight = row.id, row.state, row.mode, row.weight
         view.started = row.started
+        view.key_hash = row.key_hash
         view.policy = row.rollout_policy
         view.baseline, view.candidate = row.baseline_version, row.candidate_version
         view.baseline_config = get_version(store, target, view.baseline)

@@ -20,6 +20,7 @@ from ..digest import legacy_patch_hash, patch_hash
 from ..errors import ConfigError
 from ..policy import RolloutPolicy
 from ..rollout import Arm, Change, InvalidTransition, Mode, State
+from ..routing import KEY_HASH
 from ..versions import put_version
 from .evidence import dump_cell, frozen_baseline
 from .rows import ChangeRow, Head
@@ -53,7 +54,7 @@ class Proposals:
             id=new_id(), target=target, state=State.PROPOSED, mode=mode, patch=copy.deepcopy(patch),
             patch_hash=patch_hash(patch), policy=policy.as_dict(), created=now, updated=now, started=now,
             actor=actor, baseline_version=head.active, metadata=metadata or {},
-            baseline_unversioned=not head.active,
+            baseline_unversioned=not head.active, key_hash=KEY_HASH,
         )
         refused = self._refusal(head, row, now)
         if refused:
