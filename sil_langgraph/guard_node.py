@@ -5,16 +5,18 @@ after a ``Send`` fan-out, with ``defer=True`` so it sees the fan-out's final sta
 run calls ``check(state)``; a falsy value (or a check that raises) means the target "ran
 but produced garbage", a failure of the version that produced it.
 
-How the verdict reaches the right version: the guarded node (:func:`guarded_node`) notes,
-per ``(target, thread id)`` in this process, the successful calls a guard node has not
-judged yet and the version that served them (only for targets a ``GuardNode`` watches, so
-unwatched targets pay nothing). A failing check turns each of those calls into a failure
-with :meth:`Guard.feedback <sil_core.Guard.feedback>`: the node's own record now says
-"failed", against its version and arm, so a canary whose candidate produces garbage is
-detected like one whose candidate raises, and the call is never counted twice. When no
-call is waiting (the target ran in another process, or before this guard existed) the
-verdict is recorded as a call of its own, against the version routing gives the thread
-(deterministic per thread during a canary).
+How the verdict reaches the right call: the guarded node (:func:`guarded_node`) notes the
+successful executions a guard node has not judged yet under the graph run that made them
+(and, with a thread id, in the guard's store; see ``_ledger.py``), only for targets a
+``GuardNode`` watches, so unwatched targets pay nothing. A failing check turns each of
+those calls into a failure with :meth:`Guard.feedback <sil_core.Guard.feedback>`: the
+node's own record now says "failed", against its version and arm, so a canary whose
+candidate produces garbage is detected like one whose candidate raises, and no execution
+is ever counted twice. The verdict of a run resumed in another worker after an
+``interrupt()`` finds its calls through the store. A verdict with no call to judge (the
+target is not a guarded node of the same guard, or it ran before this guard existed) is
+never recorded as a guess: the first one raises :class:`~sil_core.ConfigError` naming
+what to change, later ones are logged.
 
 :meth:`GuardNode.route` is a conditional-edge function: ``"fallback"`` when the check
 fails or when the version that served the thread belongs to a change that was rolled back,
@@ -25,10 +27,12 @@ No ``from __future__ import annotations`` here: LangGraph reads ``__call__``'s s
 
 from typing import Any, Callable, Optional
 
+from sil_core import ConfigError
 from sil_core.integration import Mode, State, bucket, report
 
 from ._compat import load
-from .nodes import ledger
+from ._ledger import ledger, run_of
+from .callbacks import note_own_node
 
 __all__ = ("GuardNode",)
 
@@ -61,6 +65,7 @@ class GuardNode:
         self.__name__ = name or f"guard_{target}"
         self._lg = load()
         self._ledger = ledger(guard)
+        self._attributed = False  # whether a verdict ever found its call
         with self._ledger.lock:
             self._ledger.judged.add(target)
 
@@ -68,9 +73,12 @@ class GuardNode:
         return f"GuardNode({self.target!r}, name={self.__name__!r})"
 
     def __call__(self, state: Any) -> Any:
+        note_own_node()  # GuardCallbackHandler leaves sil-guard's own nodes out
         ok = self._judge(state)
         try:
             self._record(ok)
+        except ConfigError:
+            raise  # a graph whose verdicts cannot be attributed: said at the first run
         except Exception as exc:  # fail open: the graph keeps running
             report("guard_node.record", exc)
         if self.update is None:
@@ -100,32 +108,46 @@ class GuardNode:
             report("guard_node.check", exc)
             return False
 
-    def _thread(self) -> Any:
+    def _configurable(self) -> dict:
         try:
-            return (self._lg.get_config().get("configurable") or {}).get("thread_id")
+            return self._lg.get_config().get("configurable") or {}
         except Exception:
-            return None
+            return {}
+
+    def _thread(self) -> Any:
+        return self._configurable().get("thread_id")
 
     def _served_version(self, thread: Any, view: Any) -> Optional[str]:
         """The version that served ``thread``'s last call of the target (``view``: the
         target's rolled-back change): from this process's ledger, else (the call ran in
         another worker) the arm the thread's key had at the canary's last weight."""
-        with self._ledger.lock:
-            entry = self._ledger.served.get((self.target, thread))
+        entry = self._ledger.served_version(self.target, run_of(self._configurable()), thread)
         if entry is not None:
             return entry[0]
         if view.mode == Mode.CANARY and thread is not None:
-            return view.candidate if bucket(view.change_id, thread) < view.weight else view.baseline
+            return view.candidate if bucket(view.change_id, thread, view.key_hash) < view.weight else view.baseline
         return self.guard.route(self.target, key=thread)[0]
 
     def _record(self, ok: bool) -> None:
-        thread = self._thread()
-        calls = self._ledger.take(self.target, thread)
-        if calls:
-            if not ok:
-                for call_id in calls:
-                    self.guard.feedback(call_id, success=False)
+        configurable = self._configurable()
+        thread = configurable.get("thread_id")
+        calls = self._ledger.take(self.target, run_of(configurable), thread)
+        if calls is None and thread is not None:
+            calls = self._ledger.take_stored(self.target, thread)  # the run was resumed (another worker?)
+        if calls is None:
+            self._unattributed(thread)
             return
-        version, arm, _ = self.guard.route(self.target, key=thread)
-        self.guard.record(self.target, success=ok, latency_s=0.0, version=version, arm=arm,
-                          context={"source": "guard_node"})
+        self._attributed = True
+        if not ok:
+            for call_id in calls:
+                self.guard.feedback(call_id, success=False)
+
+    def _unattributed(self, thread: Any) -> None:
+        """A verdict with no call to judge: never recorded as a guess."""
+        message = (f"GuardNode({self.target!r}) found no execution of {self.target!r} to judge in this run"
+                   + (f" (thread {thread!r})" if thread is not None else "") + ": wrap that node with "
+                   f"guarded_node(fn, guard=guard) or add_guarded_node(builder, {self.target!r}, fn, guard=guard), "
+                   "with the same guard, and run the GuardNode after it in the same graph")
+        if not self._attributed:
+            raise ConfigError(message)
+        report("guard_node.unattributed", RuntimeError(message))

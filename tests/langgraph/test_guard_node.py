@@ -7,7 +7,7 @@ import pytest
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send
 
-from sil_core import DictConfigAdapter, Guard, RolloutPolicy, State, open_store
+from sil_core import ConfigError, DictConfigAdapter, Guard, RolloutPolicy, State, open_store
 from sil_langgraph import GuardNode, add_guarded_node, node_config
 
 
@@ -76,15 +76,17 @@ def test_a_check_that_raises_is_a_failed_check(guard):
     assert guard.stats("write").failures == 1
 
 
-def test_without_a_waiting_call_the_verdict_is_recorded_on_its_own(guard):
+def test_a_verdict_with_no_call_to_judge_is_refused_not_guessed(guard):
+    """A GuardNode whose target is not a guarded node of its guard cannot attribute its
+    verdict: the first run says so loudly, and nothing is recorded as a guess."""
     judge = GuardNode(guard, "external", cites, update=lambda s, ok: {"path": [f"judged:{ok}"]})
     b = StateGraph(S)
     b.add_node("judge", judge)
     b.add_edge(START, "judge")
     b.add_edge("judge", END)
-    out = b.compile().invoke({"answer": "nope"})
-    assert out["path"] == ["judged:False"]
-    assert guard.stats("external").failures == 1
+    with pytest.raises(ConfigError, match="guarded_node"):
+        b.compile().invoke({"answer": "nope"})
+    assert guard.stats("external").n == 0
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
