@@ -8,6 +8,10 @@ Feature detection:
 
 * ``Runtime.execution_info`` (1.1.3+) gives the node attempt and task id. Without it every
   attempt is recorded as attempt 1 and a failed attempt counts as a final failure.
+* The retry policy LangGraph applies to the running task (the node's own, given to
+  ``add_node`` or ``set_node_defaults``, else the graph's) is read, when a node fails, off
+  the task LangGraph's ``__pregel_call`` entry refers to (:func:`running_retry_policy`);
+  when that cannot be read, the policy given to ``guarded_node``/``add_guarded_node`` is used.
 * ``GraphDrained`` (1.2+), ``GraphInterrupt`` and ``ParentCommand`` all subclass
   ``GraphBubbleUp``, which is registered once as ``interrupted`` control flow.
 """
@@ -19,17 +23,20 @@ from sil_core.errors import MissingExtra
 from sil_core.outcomes import register_control_flow
 from sil_core.records import Outcome
 
-__all__ = ("load", "will_retry")
+__all__ = ("UNKNOWN", "load", "node_attempt", "running_retry_policy", "task_id", "will_retry")
 
 #: keys LangGraph puts in ``config["configurable"]`` (stable since 0.2; private upstream)
 RUNTIME_KEY = "__pregel_runtime"
 RESUMING_KEY = "__pregel_resuming"
+CALL_KEY = "__pregel_call"
+#: :func:`running_retry_policy` could not tell
+UNKNOWN = object()
 
 
 class _LangGraph:
     """The few LangGraph names the adapter uses, resolved once."""
 
-    __slots__ = ("get_config", "current_config", "GraphBubbleUp", "GraphInterrupt", "has_execution_info")
+    __slots__ = ("get_config", "current_config", "GraphBubbleUp", "GraphInterrupt", "has_execution_info", "Task")
 
     def __init__(self) -> None:
         try:
@@ -44,6 +51,11 @@ class _LangGraph:
             self.has_execution_info = "execution_info" in fields
         except ImportError:  # langgraph < 0.6: no Runtime at all
             self.has_execution_info = False
+        try:
+            from langgraph.types import PregelExecutableTask as Task
+        except ImportError:
+            Task = None
+        self.Task = Task
         self.get_config = get_config
         self.current_config = _current_config(get_config)
         self.GraphBubbleUp = GraphBubbleUp
@@ -101,6 +113,23 @@ def task_id(configurable: dict) -> Optional[str]:
     except (KeyError, AttributeError):
         return None
     return task if isinstance(task, str) and task else None
+
+
+def running_retry_policy(configurable: Any) -> Any:
+    """The retry policy LangGraph's retry loop applies to the running task (``None``: it is
+    never retried), or :data:`UNKNOWN`. ``run_with_retry`` uses ``task.retry_policy or
+    retry_policy`` (the node's own, else the graph's); both are on the ``functools.partial``
+    LangGraph puts under ``__pregel_call`` (a weak reference to the task, and the graph's
+    policy as a keyword). Read only when a node fails; any other shape means UNKNOWN."""
+    try:
+        call = configurable[CALL_KEY]
+        task = call.args[0]()
+        task_type = load().Task
+        if task_type is None or not isinstance(task, task_type) or "retry_policy" not in call.keywords:
+            return UNKNOWN
+        return task.retry_policy or call.keywords["retry_policy"] or None
+    except Exception:
+        return UNKNOWN
 
 
 def _retries_on(policy: Any, exc: BaseException) -> bool:

@@ -5,8 +5,13 @@ LangGraph's injection working (``config``, ``runtime``, ``store``, ``writer`` ar
 through ``__wrapped__``), has a sync and an async twin (LangGraph asks
 ``inspect.iscoroutinefunction`` of the wrapper itself), and records each execution against
 the target named after the node LangGraph reports (so one function under two node names
-is two targets). During a canary the thread id is the routing key: one thread, one arm.
-Inside the node, :func:`node_config` returns the config of the version serving it.
+is two targets). During a canary the thread id is the routing key (one thread, one arm),
+or ``key(config)`` when given (e.g. a user id: one user, one arm, across threads). Inside
+the node, :func:`node_config` returns the config of the version serving it (and raises
+``ConfigError`` when there is none: no version and no adapter). A ``Runnable`` (``ToolNode``,
+a compiled subgraph) is wrapped in a ``RunnableLambda`` calling its ``invoke``/``ainvoke``.
+While a version serves the node, ``sil_version``, ``sil_arm`` and ``sil_change_id`` are set
+in the task's ``config["metadata"]``, which runs started inside the node inherit.
 
 Outcomes:
 
@@ -17,15 +22,17 @@ Outcomes:
   A failed attempt that LangGraph will retry (its ``RetryPolicy`` matches the exception
   and attempts remain) is recorded as ``retried``: it counts in the attempt error count
   (``n_error`` of the cells) but not in the success rate, which is therefore computed on
-  each task's final outcome. ``add_guarded_node`` reads the node's retry policy from the
-  builder (``retry_policy=`` or ``set_node_defaults``) when the node fails;
-  ``guarded_node`` takes ``retry_policy=``. Without a policy, or on langgraph < 1.1.3 (no
-  ``node_attempt``), every failure is final.
+  each task's final outcome. When a node fails, the policy LangGraph runs the task with is
+  read at run time (``add_node(retry_policy=)``, ``set_node_defaults``, the graph's; see
+  ``_compat.running_retry_policy``); if it cannot be read, ``add_guarded_node`` reads the
+  builder's and ``guarded_node`` uses its ``retry_policy=``. Without a policy, or on
+  langgraph < 1.1.3 (no ``node_attempt``), every failure is final.
 
-Pinning ("approved v1, got v2"): a node interrupted while serving a
-version writes a pin ``{version, arm}`` to the guard's store (kind ``"pin"``, key
-``"<target>|<thread id>|<task id>"``; the task id, stable across resume, is left out
-before langgraph 1.1.3). When LangGraph resumes the thread, the re-executed node is
+Pinning ("approved v1, got v2"): a node interrupted writes a pin ``{version, arm}`` to the
+guard's store (kind ``"pin"``, key ``"<target>|<thread id>|<task id>"``; the task id, stable across resume, is left out
+before langgraph 1.1.3). A target no version serves yet is pinned to its adapter's config,
+stored as a version (its content hash, ``sil_core.versions.put_version``); without an
+adapter there is nothing to pin. When LangGraph resumes the thread, the re-executed node is
 served the pinned version's config instead of being routed again, even if the change was
 promoted or rolled back meanwhile; the pin is cleared when that execution ends for good.
 The store is read only on resumed runs, so the common path does no I/O.
@@ -35,24 +42,23 @@ No ``from __future__ import annotations`` here: LangGraph reads these signatures
 
 import functools
 import inspect
-import threading
 import time
 import weakref
 from typing import Any, Callable, Optional
 
-from sil_core import current_call
+from sil_core import ConfigError, current_call
 from sil_core.integration import is_coroutine_callable, judge_result, new_id, report
 from sil_core.records import Outcome
-from sil_core.versions import get_version
+from sil_core.versions import get_version, put_version
 
-from ._compat import RESUMING_KEY, load, node_attempt, task_id, will_retry
+from ._compat import RESUMING_KEY, UNKNOWN, load, node_attempt, running_retry_policy, task_id, will_retry
+from ._ledger import ledger, run_of
 
 __all__ = ("add_guarded_node", "guarded_node", "node_config")
 
 _perf = time.perf_counter
 _now = time.time
 PIN = "pin"
-_LEDGER_MAX = 10_000
 
 
 def pin_key(target: str, thread: Any, configurable: Any = None) -> str:
@@ -60,48 +66,6 @@ def pin_key(target: str, thread: Any, configurable: Any = None) -> str:
     interrupt and resume), so each task of a ``Send`` fan-out keeps its own version."""
     task = task_id(configurable) if configurable else None
     return f"{target}|{thread}" if task is None else f"{target}|{thread}|{task}"
-
-
-class _Ledger:
-    """Per guard, in this process: the calls of judged targets waiting for a GuardNode's
-    verdict, and the version each (target, thread) was last served."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.judged: set = set()
-        self.served: dict = {}  # (target, thread) -> [version, arm, [call ids]]
-
-    def note(self, target: str, thread: Any, version: Any, arm: Any, call_id: str) -> None:
-        with self.lock:
-            entry = self.served.pop((target, thread), None)
-            if entry is None or entry[0] != version:
-                entry = [version, arm, []]
-            entry[2].append(call_id)
-            self.served[(target, thread)] = entry  # re-inserted: the dict stays in LRU order
-            if len(self.served) > _LEDGER_MAX:
-                self.served.pop(next(iter(self.served)))
-
-    def take(self, target: str, thread: Any) -> Optional[list]:
-        """The calls of ``(target, thread)`` waiting for a verdict (``None`` if none is
-        known); the served version stays known for routing."""
-        with self.lock:
-            entry = self.served.get((target, thread))
-            if entry is None:
-                return None
-            calls, entry[2] = entry[2], []
-            return calls
-
-
-_ledgers: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-_ledgers_lock = threading.Lock()
-
-
-def ledger(guard: Any) -> _Ledger:
-    led = _ledgers.get(guard)
-    if led is None:
-        with _ledgers_lock:
-            led = _ledgers.setdefault(guard, _Ledger())
-    return led
 
 
 #: LangGraph node name -> (weak ref to the guard, target) of the guarded node last seen
@@ -114,10 +78,12 @@ _EMPTY: dict = {}
 class _Node:
     """The per-execution decisions of one guarded node, written once for both shells."""
 
-    __slots__ = ("guard", "target", "success", "retry_policy", "default_name", "lg", "ledger", "names", "recorders")
+    __slots__ = ("guard", "target", "success", "retry_policy", "default_name", "key", "lg", "ledger", "names",
+                 "recorders")
 
-    def __init__(self, guard: Any, target: Optional[str], success: Any, retry_policy: Any, default_name: str) -> None:
-        self.guard, self.target, self.success = guard, target, success
+    def __init__(self, guard: Any, target: Optional[str], success: Any, retry_policy: Any, default_name: str,
+                 key: Optional[Callable[[Any], Any]] = None) -> None:
+        self.guard, self.target, self.success, self.key = guard, target, success, key
         self.retry_policy, self.default_name = retry_policy, default_name
         self.lg = load()
         self.ledger = ledger(guard)
@@ -127,8 +93,9 @@ class _Node:
     def shells(self) -> tuple:
         """``(begin, end)`` for the wrapper: the common path, with every name it needs bound
         to a local (the wrapper runs on every node execution; see ``langgraph_overhead.py``)."""
-        target, default_name, names, success = self.target, self.default_name, self.names, self.success
+        target, default_name, names, success, key = self.target, self.default_name, self.names, self.success, self.key
         judged, pinned_route, settle, recorders = self.ledger.judged, self._pinned, self._settle, self.recorders
+        tag = self._tag
 
         def begin(config: Any) -> tuple:
             """``(target, thread, configurable, route, token, pinned)`` of an execution starting
@@ -142,13 +109,16 @@ class _Node:
                 if configurable.get(RESUMING_KEY) and thread is not None:
                     pinned = pinned_route(name, thread, configurable)
                     if pinned is not None:
+                        tag(config, name, pinned[0])
                         return name, thread, configurable, pinned[0], pinned[1], True
             else:
                 configurable = thread = None
                 name = target or default_name
                 if name not in names:
                     self._register(name, config)
-            route, token = recorders[name].begin(thread)
+            route, token = recorders[name].begin(thread if key is None else _routing_key(key, config, thread))
+            if route is not None and config:
+                tag(config, name, route)
             return name, thread, configurable, route, token, False
 
         def end(run: tuple, ts: float, duration: float, exc: Optional[BaseException], result: Any) -> Any:
@@ -195,38 +165,124 @@ class _Node:
         if record is None:
             return None
         outcome = record.outcome
-        if outcome == Outcome.ERROR and exc is not None and will_retry(self._policy(), exc, attempt):
+        if outcome == Outcome.ERROR and exc is not None and will_retry(self._policy(configurable), exc, attempt):
             record.outcome = Outcome.RETRIED
-        elif thread is not None and route is not None:
+        elif thread is not None:
             if exc is not None and isinstance(exc, self.lg.GraphInterrupt):
-                self.guard.store.kv_put(PIN, pin_key(name, thread, configurable),
-                                        {"version": route[0], "arm": route[1]}, expect_rev=None)
+                pin = self._pin_of(name, route)
+                if pin is not None:
+                    self.guard.store.kv_put(PIN, pin_key(name, thread, configurable), pin, expect_rev=None)
             elif pinned and outcome in Outcome.DECIDED:
                 self.guard.store.kv_put(PIN, pin_key(name, thread, configurable), {}, expect_rev=None)
         if outcome == Outcome.OK and name in self.ledger.judged:
             record.id = new_id()
-            self.ledger.note(name, thread, record.version, record.arm, record.id)
+            self.ledger.note(name, run_of(configurable), thread, record.version, record.arm, record.id)
         return record
 
-    def _policy(self) -> Any:
+    def _tag(self, config: Any, name: str, route: tuple) -> None:
+        """The served version, arm and change id in the task's ``config["metadata"]`` (a copy
+        per task), so runs started inside the node (LLM calls: traces, ``stream_mode=
+        "messages"`` chunks) carry them. Checkpoint metadata is the run's, not the task's:
+        a node cannot add to it (``ConfigurableAdapter.run_config`` tags it per run)."""
+        try:
+            metadata = config.get("metadata")
+            if metadata is None:
+                return
+            metadata["sil_version"], metadata["sil_arm"] = route[0], route[1]
+            if route[1] is not None:
+                metadata["sil_change_id"] = self.guard.view(name).change_id
+        except Exception as exc:
+            report("langgraph.metadata", exc)
+
+    def _pin_of(self, name: str, route: Any) -> Optional[dict]:
+        """What an interrupted execution is pinned to: the version it was served, or, for a
+        target no version served, its adapter's config stored as a version (content hash)."""
+        if route is not None:
+            return {"version": route[0], "arm": route[1]}
+        config = self.guard.adapter_config(name)
+        if config is None:  # nothing to pin: no adapter
+            return None
+        return {"version": put_version(self.guard.store, name, config), "arm": None}
+
+    def _policy(self, configurable: Any) -> Any:
+        """The retry policy of the failed task: LangGraph's own at run time (``add_node``'s,
+        ``set_node_defaults``', the graph's), else the one this wrapper was given."""
+        if configurable:
+            policy = running_retry_policy(configurable)
+            if policy is not UNKNOWN:
+                return policy
         policy = self.retry_policy
         return policy() if callable(policy) else policy
 
 
+def _routing_key(key: Callable[[Any], Any], config: Any, thread: Any) -> Any:
+    """``key(config)``, the routing key of an execution; the thread id if it fails."""
+    try:
+        found = key(config)
+    except Exception as exc:
+        report("langgraph.key", exc)
+        return thread
+    return thread if found is None else found
+
+
+def _is_runnable(fn: Any) -> bool:
+    """A LangChain ``Runnable`` (a ``ToolNode``, a compiled graph, ...): not a function
+    LangGraph can inspect and inject into."""
+    if inspect.isfunction(fn) or inspect.ismethod(fn) or isinstance(fn, functools.partial):
+        return False
+    try:
+        from langchain_core.runnables import Runnable
+    except ImportError:
+        return False
+    return isinstance(fn, Runnable)
+
+
+def _guarded_runnable(runnable: Any, **kwargs: Any) -> Any:
+    """A ``Runnable`` node (``ToolNode``, a compiled subgraph) as a guarded node: its
+    ``invoke``/``ainvoke`` called with the node's state and LangGraph's config (so its own
+    injection, checkpoint namespace and callbacks work), in a ``RunnableLambda`` with a sync
+    and an async twin."""
+    from langchain_core.runnables import RunnableConfig, RunnableLambda
+
+    name = getattr(runnable, "name", None) or type(runnable).__name__
+
+    def invoke(state: Any, config: RunnableConfig) -> Any:
+        return runnable.invoke(state, config)
+
+    async def ainvoke(state: Any, config: RunnableConfig) -> Any:
+        return await runnable.ainvoke(state, config)
+
+    invoke.__qualname__ = ainvoke.__qualname__ = name
+    sync, async_ = guarded_node(invoke, **kwargs), guarded_node(ainvoke, **kwargs)
+    node = RunnableLambda(sync, afunc=async_, name=name)
+    node.guard = kwargs["guard"]  # type: ignore[attr-defined]
+    return node
+
+
 def guarded_node(fn: Callable[..., Any], *, guard: Any, target: Optional[str] = None,
-                 success: Optional[Callable[[Any], Any]] = None, retry_policy: Any = None) -> Callable[..., Any]:
+                 success: Optional[Callable[[Any], Any]] = None, retry_policy: Any = None,
+                 key: Optional[Callable[[Any], Any]] = None) -> Callable[..., Any]:
     """Wrap a node function so each execution is recorded by ``guard``.
 
     Args:
-        fn: the node function (sync or async), unchanged.
+        fn: the node function (sync or async), unchanged; or a ``Runnable`` such as a
+            ``ToolNode`` or a compiled subgraph (then a ``RunnableLambda`` calling its
+            ``invoke``/``ainvoke`` with the node's state and config is returned).
         guard: the :class:`sil_core.Guard` that records and routes.
         target: the target's name; by default the node name of each execution.
         success: a predicate on the node's return value (its state update); a falsy
             value records a failure while the update is still returned.
         retry_policy: the ``RetryPolicy`` (or sequence, or a callable returning it) the
-            node is added with, so attempts LangGraph retries are recorded as ``retried``.
+            node is added with, used only when LangGraph's own cannot be read at run time.
+        key: ``key(config)`` (LangGraph's ``RunnableConfig`` of the execution) returns the
+            routing key of a canary, e.g. ``config["configurable"]["user_id"]``; by default
+            the thread id. A key that raises or returns ``None`` falls back to the thread id.
     """
-    node = _Node(guard, target, success, retry_policy, getattr(fn, "__qualname__", repr(fn)))
+    if _is_runnable(fn):
+        return _guarded_runnable(fn, guard=guard, target=target, success=success, retry_policy=retry_policy, key=key)
+    if not callable(fn):
+        raise ConfigError(f"guarded_node() needs a node function or a Runnable, got {type(fn).__name__}")
+    node = _Node(guard, target, success, retry_policy, getattr(fn, "__qualname__", repr(fn)), key)
     begin, end = node.shells()
     # The fast lane: an execution of a registered, unversioned (Recorder.plain), unjudged
     # target, not resuming, with no success predicate. It skips the shells and records
@@ -314,31 +370,45 @@ def _builder_policy(builder: Any, name: str) -> Callable[[], Any]:
 
 
 def add_guarded_node(builder: Any, name: str, fn: Callable[..., Any], *, guard: Any,
-                     success: Optional[Callable[[Any], Any]] = None, **add_node_kwargs: Any) -> Any:
+                     success: Optional[Callable[[Any], Any]] = None, key: Optional[Callable[[Any], Any]] = None,
+                     **add_node_kwargs: Any) -> Any:
     """``builder.add_node(name, guarded_node(fn, ...), **add_node_kwargs)`` with ``name`` as
     the target; returns the builder, as ``add_node`` does."""
-    wrapped = guarded_node(fn, guard=guard, target=name, success=success, retry_policy=_builder_policy(builder, name))
+    wrapped = guarded_node(fn, guard=guard, target=name, success=success, retry_policy=_builder_policy(builder, name),
+                           key=key)
     return builder.add_node(name, wrapped, **add_node_kwargs)
 
 
 def node_config() -> Optional[dict]:
     """Inside a guarded node: the config of the version serving this execution (during a
-    canary, the baseline's or the candidate's, the same for a whole thread; after a
+    canary, the baseline's or the candidate's, the same for a whole routing key; after a
     resume, the version the execution started with). Before the target's first change, the
-    config its guard's adapter holds. ``None`` outside a guarded node, or when there is
-    neither a version nor an adapter."""
+    config its guard's adapter holds.
+
+    Raises :class:`sil_core.ConfigError` inside a guarded node whose target has no config
+    (no version serves it and its guard has no adapter). ``None`` outside a guarded node."""
     info = current_call()
+    if info is None:
+        return _adapter_config()
     try:
-        if info is None:
-            return _adapter_config()
-        return None if info.config is None else dict(info.config)
-    except Exception as exc:  # fail open: a strange config never breaks the node
+        config = info.config
+    except Exception as exc:  # an adapter that fails: reported, then said below
         report("node_config", exc)
-        return None
+        config = None
+    if config is None:
+        raise _no_config(info.target)
+    return dict(config)
+
+
+def _no_config(target: str) -> ConfigError:
+    return ConfigError(f"node_config(): the guarded node {target!r} has no config: no version serves it and its "
+                       f"guard has no adapter holding one (Guard(adapter=...), e.g. DictConfigAdapter({{{target!r}: "
+                       f"{{...}}}}), or guard.propose({target!r}, config) to create a version)")
 
 
 def _adapter_config() -> Optional[dict]:
-    """The config the guard's adapter holds for the running guarded node (no version yet)."""
+    """The config the guard's adapter holds for the running guarded node (no version yet,
+    the fast lane); ``None`` outside a guarded node."""
     config = load().current_config()
     if not config:
         return None
@@ -346,5 +416,7 @@ def _adapter_config() -> Optional[dict]:
     guard = entry[0]() if entry else None
     if guard is None:
         return None
-    config = guard.adapter_config(entry[1])
-    return None if config is None else dict(config)
+    found = guard.adapter_config(entry[1])
+    if found is None:
+        raise _no_config(entry[1])
+    return dict(found)

@@ -162,15 +162,19 @@ def test_canary_serves_node_config_per_thread_and_rolls_back():
         assert adapter.configs["write"] == {"prompt": "cite sources"}
 
 
-def test_node_config_outside_a_versioned_target_is_none(guard):
-    seen = []
+def test_node_config_without_version_or_adapter_raises_a_config_error(guard):
+    """Inside a guarded node node_config() never returns None silently; outside one it does."""
+    from sil_core import ConfigError
 
     def work(state: S) -> S:
-        seen.append(node_config())
+        node_config()
         return {}
 
-    one_node_graph(guarded_node(work, guard=guard)).invoke({"x": 1})
-    assert seen == [None]
+    graph = one_node_graph(guarded_node(work, guard=guard))
+    for _ in range(2):  # the general path, then (fresh views) the fast lane
+        with pytest.raises(ConfigError, match="no version serves it and its guard has no adapter"):
+            graph.invoke({"x": 1})
+    assert node_config() is None
 
 
 def test_node_config_before_any_change_is_the_adapters_config():
@@ -596,3 +600,65 @@ def test_interrupt_inside_a_subgraph_keeps_subgraph_state_and_resumes(guard):
     for target in ("ask", "host"):
         s = guard.stats(target)
         assert (s.interrupted, s.successes, s.failures) == (1, 1, 0), target
+
+
+@pytest.mark.parametrize("use_add", [True, False], ids=["add_guarded_node", "guarded_node"])
+def test_a_routing_key_keeps_one_user_on_one_arm_across_threads(use_add):
+    """key=fn(config): the user id routes, so a user's threads all see the same arm."""
+    adapter = DictConfigAdapter({"write": {"prompt": "v1"}})
+    with Guard("memory://", adapter=adapter, policy=RolloutPolicy(min_calls=200, step_calls=200, ramp=(0.5,)),
+               flush_interval=60, refresh_interval=0) as g:
+        def write(state: S) -> S:
+            return {"out": node_config()["prompt"]}
+
+        def user(config):
+            return config["configurable"]["user_id"]
+
+        b = StateGraph(S)
+        if use_add:
+            add_guarded_node(b, "write", write, guard=g, key=user)
+        else:
+            b.add_node("write", guarded_node(write, guard=g, key=user))
+        b.add_edge(START, "write")
+        b.add_edge("write", END)
+        graph = b.compile()
+        g.propose("write", {"prompt": "v2"})
+        arms = {}
+        rng = random.Random(5)  # unrelated thread ids (crc32 buckets of "u1-t0"/"u1-t1" correlate)
+        for u in range(40):
+            for t in range(2):
+                cfg = {"configurable": {"thread_id": f"{rng.getrandbits(64):x}", "user_id": f"user-{u}"}}
+                arms.setdefault(u, set()).add(graph.invoke({"x": t}, cfg)["out"])
+        assert all(len(a) == 1 for a in arms.values()), arms  # one user, one arm
+        assert {a for s in arms.values() for a in s} == {"v1", "v2"}  # both arms served
+        g.flush()
+        records = g.store.read_calls("write", limit=200)
+        assert {r.arm for r in records} == {"baseline", "candidate"}
+
+
+def test_the_served_version_arm_and_change_are_in_the_task_metadata():
+    """Runs started inside the node (an LLM call, any Runnable) see sil_version, sil_arm and
+    sil_change_id in their metadata; checkpoint metadata is the run's and is left alone."""
+    from langchain_core.runnables import RunnableLambda
+    from langgraph.config import get_config
+
+    adapter = DictConfigAdapter({"work": {"prompt": "v1"}})
+    with Guard("memory://", adapter=adapter, flush_interval=60, refresh_interval=0) as g:
+        seen = []
+        child = RunnableLambda(lambda x: seen.append(dict(get_config()["metadata"])) or x)
+
+        def write(state: S, config: RunnableConfig) -> S:
+            child.invoke(state)
+            return {"out": node_config()["prompt"]}
+
+        graph = one_node_graph(guarded_node(write, guard=g), checkpointer=InMemorySaver())
+        graph.invoke({"x": 0}, {"configurable": {"thread_id": "before"}})
+        assert "sil_version" not in seen[-1]  # no version serves the target yet
+        g.propose("work", {"prompt": "v2"}, mode="switch")
+        cfg = {"configurable": {"thread_id": "after"}}
+        graph.invoke({"x": 1}, cfg)
+        change = g.change("work")
+        assert seen[-1]["sil_version"] == change.candidate_version
+        assert seen[-1]["sil_arm"] == "candidate" and seen[-1]["sil_change_id"] == change.id
+        assert seen[-1]["langgraph_node"] == "work"
+        assert "sil_version" not in graph.get_state(cfg).metadata
