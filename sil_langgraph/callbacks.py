@@ -41,7 +41,7 @@ from . import _compat
 from .adapters import arm_key, version_key
 from .nodes import _node_targets
 
-__all__ = ("GuardCallbackHandler",)
+__all__ = ("GuardCallbackHandler", "note_own_node")
 
 #: node runs kept open at most (runs whose end never arrives are dropped oldest first)
 MAX_OPEN_RUNS = 10_000
@@ -49,14 +49,34 @@ MAX_OPEN_RUNS = 10_000
 _now = time.time
 _perf = time.perf_counter
 
+#: LangGraph node names that ran a sil-guard node (a GuardNode), in this process
+_own_nodes: set = set()
+#: what GuardNode.route returns; a run of a node with such a child run is a GuardNode's
+_ROUTES = frozenset(("ok", "fallback"))
+
+
+def note_own_node(node: str | None = None) -> None:
+    """Mark the running LangGraph node (or ``node``) as one of sil-guard's own (a
+    :class:`~sil_langgraph.GuardNode` calls it when it runs): :class:`GuardCallbackHandler`
+    leaves such nodes out unless told otherwise."""
+    try:
+        if node is None:
+            config = _compat.load().current_config()
+            node = ((config or {}).get("metadata") or {}).get("langgraph_node")
+        if isinstance(node, str) and node:
+            _own_nodes.add(node)
+    except Exception as exc:  # fail open
+        report("langgraph.own_node", exc)
+
 
 class _Open:
-    __slots__ = ("target", "node", "ts", "t0", "version", "arm", "context", "parent")
+    __slots__ = ("target", "node", "ts", "t0", "version", "arm", "context", "parent", "step", "own", "forced")
 
     def __init__(self, target: str, node: str, ts: float, t0: float, version: Any, arm: Any, context: Any,
-                 parent: UUID | None) -> None:
+                 parent: UUID | None, step: Any = None, forced: bool = False) -> None:
         self.target, self.node, self.ts, self.t0 = target, node, ts, t0
         self.version, self.arm, self.context, self.parent = version, arm, context, parent
+        self.step, self.own, self.forced = step, False, forced
 
 
 class _GuardCallbackLogic:
@@ -68,17 +88,25 @@ class _GuardCallbackLogic:
     def __init__(
         self,
         guard: Any,
+        include: Iterable[str] | Callable[[str], Any] | None = None,
+        exclude: Iterable[str] | Callable[[str], Any] = (),
         *,
         nodes: Iterable[str] | None = None,
         target: Callable[[str, dict], str | None] | None = None,
         prefix: str = "",
         subgraph_nodes: bool = True,
         context: bool = True,
+        own_nodes: bool = False,
     ) -> None:
         """
         Args:
             guard: the :class:`sil_core.Guard` that records.
-            nodes: record only these node names (default: every node).
+            include: record only these node names, or the nodes for which
+                ``include(name)`` is true (default: every node). A node named in an
+                ``include`` collection is recorded even if it is one of sil-guard's own.
+            exclude: never record these node names, or the nodes for which
+                ``exclude(name)`` is true (applied after ``include``).
+            nodes: the former name of ``include`` (a collection of names).
             target: ``target(node, metadata) -> str | None`` names the target of a node
                 execution (``None`` skips it); default ``prefix + node``.
             prefix: prepended to node names (e.g. ``"support-graph/"``).
@@ -86,9 +114,22 @@ class _GuardCallbackLogic:
                 too); ``False`` records only the nodes of the graph the handler is attached
                 to (and subgraphs as single nodes).
             context: attach ``{node, step, checkpoint_ns}`` to each record.
+            own_nodes: also record sil-guard's own nodes: a ``GuardNode`` (a node that ran
+                one, or whose conditional edge is a ``GuardNode.route``) and the fallback
+                node it routed to (the node started, in the next step of the same graph run,
+                by a ``branch:to:<node>`` trigger after the route said ``"fallback"``). They
+                always "succeed" and are left out by default.
         """
         self.guard = guard
-        self.nodes = frozenset(nodes) if nodes is not None else None
+        if include is None:
+            include = nodes
+        self.include_fn = include if callable(include) else None
+        self.nodes = frozenset(include) if include is not None and not callable(include) else None
+        self.exclude_fn = exclude if callable(exclude) else None
+        self.exclude = frozenset(()) if callable(exclude) else frozenset(exclude)
+        self.own_nodes = own_nodes
+        self._routes: dict[UUID, UUID] = {}  # run of a GuardNode.route candidate -> its node's run
+        self._fallback: dict[tuple, bool] = {}  # (graph run, step) a GuardNode routed to its fallback
         self.target_fn = target
         self.prefix = prefix
         self.subgraph_nodes = subgraph_nodes
@@ -113,6 +154,10 @@ class _GuardCallbackLogic:
             return None
         if self.nodes is not None and node not in self.nodes:
             return None
+        if self.include_fn is not None and not self.include_fn(node):
+            return None
+        if node in self.exclude or (self.exclude_fn is not None and self.exclude_fn(node)):
+            return None
         if not self.subgraph_nodes and "|" in (metadata.get("langgraph_checkpoint_ns") or ""):
             return None
         if self.target_fn is not None:
@@ -125,6 +170,10 @@ class _GuardCallbackLogic:
         try:
             target = self._select(kwargs.get("name"), metadata)
             if target is None:
+                if not self.own_nodes and kwargs.get("name") == "route" and parent_run_id is not None:
+                    with self._lock:  # maybe a GuardNode.route conditional edge: see its answer
+                        if parent_run_id in self._open:
+                            self._routes[run_id] = parent_run_id
                 return
             with self._lock:
                 parent = self._open.get(parent_run_id) if parent_run_id is not None else None
@@ -134,8 +183,13 @@ class _GuardCallbackLogic:
             if self.context:
                 ctx = {"node": metadata["langgraph_node"], "step": metadata.get("langgraph_step"),
                        "checkpoint_ns": metadata.get("langgraph_checkpoint_ns")}
-            run = _Open(target, metadata["langgraph_node"], _now(), _perf(),
-                        metadata.get(version_key(target)), metadata.get(arm_key(target)), ctx, parent_run_id)
+            node = metadata["langgraph_node"]
+            step = metadata.get("langgraph_step")
+            forced = self.nodes is not None and node in self.nodes
+            if not self.own_nodes and not forced and self._is_fallback(node, step, parent_run_id, metadata):
+                return
+            run = _Open(target, node, _now(), _perf(), metadata.get(version_key(target)),
+                        metadata.get(arm_key(target)), ctx, parent_run_id, step, forced)
             with self._lock:
                 if len(self._open) >= MAX_OPEN_RUNS:  # runs whose end never came: forget the oldest
                     self._open.pop(next(iter(self._open)))
@@ -144,9 +198,49 @@ class _GuardCallbackLogic:
             report("langgraph.callback", exc)
 
     def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        if self._routes:
+            with self._lock:
+                node_run = self._routes.pop(run_id, None)
+            if node_run is not None:
+                self._routed(node_run, outputs)
+                return
         self._finish(run_id, None)
 
+    # -- sil-guard's own nodes ------------------------------------------------------------------
+    def _routed(self, node_run: UUID, outputs: Any) -> None:
+        """A ``route`` child of a node run ended: ``"ok"``/``"fallback"`` is a GuardNode's."""
+        try:
+            if not isinstance(outputs, str) or outputs not in _ROUTES:
+                return
+            with self._lock:
+                run = self._open.get(node_run)
+                if run is None:
+                    return
+                run.own = True
+                if outputs == "fallback" and isinstance(run.step, int):
+                    if len(self._fallback) >= MAX_OPEN_RUNS:
+                        self._fallback.pop(next(iter(self._fallback)))
+                    self._fallback[(run.parent, run.step + 1)] = True
+        except Exception as exc:  # fail open
+            report("langgraph.callback", exc)
+
+    def _is_fallback(self, node: str, step: Any, parent: UUID | None, metadata: dict) -> bool:
+        """Whether this node run is the fallback a GuardNode just routed to."""
+        if not self._fallback or not isinstance(step, int):
+            return False
+        with self._lock:
+            if (parent, step) not in self._fallback:
+                return False
+        return tuple(metadata.get("langgraph_triggers") or ()) == (f"branch:to:{node}",)
+
+    def _own(self, run: _Open) -> bool:
+        return not self.own_nodes and not run.forced and (run.own or run.node in _own_nodes)
+
     def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        if self._routes:
+            with self._lock:
+                if self._routes.pop(run_id, None) is not None:
+                    return
         self._finish(run_id, error)
 
     # -- recording ----------------------------------------------------------------------------
@@ -157,7 +251,7 @@ class _GuardCallbackLogic:
                 held = self._held.pop(run_id, None) if self._held else None
             if held:
                 self._release(held, error)
-            if run is None or self._wrapped(run):
+            if run is None or self._wrapped(run) or self._own(run):
                 return
             latency = _perf() - run.t0
             if error is None:

@@ -393,3 +393,96 @@ def test_a_node_also_wrapped_by_guarded_node_is_recorded_once(guard, prefix):
     if prefix:  # another target: the handler's own records, by design
         assert sorted(got["observed/wrapped"]) == ["error", "ok", "ok"]
     assert got[prefix + "plain"] == ["ok", "ok"]
+
+
+# -- sil-guard's own nodes and the include/exclude filters -------------------------------------
+def judged_graph(guard, check):
+    """write (guarded) -> judge (a GuardNode) -> END or the fallback node safe_write."""
+    from sil_langgraph import GuardNode, add_guarded_node
+
+    judge = GuardNode(guard, "write", check)
+    b = StateGraph(S)
+    add_guarded_node(b, "write", lambda s: {"answer": "draft"}, guard=guard)
+    b.add_node("judge", judge)
+    b.add_node("safe_write", lambda s: {"answer": "safe"})
+    b.add_node("polish", RunnableLambda(lambda s: {"x": 1}, name="polisher"))
+    b.add_edge(START, "write")
+    b.add_edge("write", "judge")
+    b.add_conditional_edges("judge", judge.route, {"ok": "polish", "fallback": "safe_write"})
+    b.add_edge("safe_write", "polish")
+    b.add_edge("polish", END)
+    return b.compile()
+
+
+@pytest.mark.parametrize("verdict", [True, False])
+def test_guard_nodes_and_fallbacks_are_left_out_by_default(guard, verdict):
+    graph = judged_graph(guard, lambda s: verdict)
+    handler = GuardCallbackHandler(guard)
+    out = graph.invoke({"x": 0}, {"callbacks": [handler]})
+    assert out["answer"] == ("draft" if verdict else "safe")
+    targets = by_target(guard)
+    assert "judge" not in targets and "safe_write" not in targets
+    assert targets["polish"] == ["ok"]  # a user's node after the fallback is still recorded
+    assert handler.open_runs == 0
+
+
+def test_async_graph_leaves_out_guard_nodes_too(guard):
+    graph = judged_graph(guard, lambda s: False)
+    asyncio.run(graph.ainvoke({"x": 0}, {"callbacks": [GuardCallbackHandler(guard)]}))
+    targets = by_target(guard)
+    assert set(targets) == {"write", "polish"}
+
+
+def test_own_nodes_true_records_them(guard):
+    graph = judged_graph(guard, lambda s: False)
+    graph.invoke({"x": 0}, {"callbacks": [GuardCallbackHandler(guard, own_nodes=True)]})
+    assert {"judge", "safe_write", "polish"} <= set(by_target(guard))
+
+
+def test_include_and_exclude_by_name_or_predicate(guard):
+    graph = judged_graph(guard, lambda s: False)
+    graph.invoke({"x": 0}, {"callbacks": [GuardCallbackHandler(guard, exclude=("polish",))]})
+    assert "polish" not in by_target(guard)
+
+    g2 = Guard("memory://", flush_interval=60)
+    try:
+        graph = judged_graph(g2, lambda s: False)
+        # a node named in include is recorded even when it is a fallback
+        graph.invoke({"x": 0}, {"callbacks": [GuardCallbackHandler(g2, include=["safe_write"])]})
+        assert set(by_target(g2)) == {"write", "safe_write"}  # write: by its guarded wrapper
+    finally:
+        g2.close()
+
+    g3 = Guard("memory://", flush_interval=60)
+    try:
+        graph = make_graph()
+        handler = GuardCallbackHandler(g3, include=lambda name: name != "sub", exclude=lambda name: name == "ask")
+        run_sync(graph, handler)
+        assert set(by_target(g3)) == {"plain", "inner"}
+    finally:
+        g3.close()
+
+
+def test_a_user_route_that_answers_something_else_is_not_a_guard_node(guard):
+    def route(state):
+        return "go"
+
+    b = StateGraph(S)
+    b.add_node("decide", lambda s: {"x": 1})
+    b.add_node("next", lambda s: {"x": 2})
+    b.add_edge(START, "decide")
+    b.add_conditional_edges("decide", route, {"go": "next"})
+    b.add_edge("next", END)
+    b.compile().invoke({"x": 0}, {"callbacks": [GuardCallbackHandler(guard)]})
+    assert by_target(guard) == {"decide": ["ok"], "next": ["ok"]}
+
+
+def test_note_own_node_marks_a_node_name(guard):
+    from sil_langgraph.callbacks import _own_nodes, note_own_node
+
+    note_own_node("inner")
+    try:
+        run_sync(make_graph(), GuardCallbackHandler(guard))
+        assert "inner" not in by_target(guard)
+    finally:
+        _own_nodes.discard("inner")
