@@ -16,6 +16,13 @@ Graphs, all compiled in one process and measured in one run:
 * ``one-node``: a bare graph of one node, to separate LangGraph's fixed cost per ``invoke``
   from its cost per node.
 
+``middleware`` (``results["middleware"]``): a ``langchain.agents.create_agent`` graph with a
+fake chat model (no network) that makes one tool call then answers (2 model calls, 1 tool
+call per run), bare and with ``GuardMiddleware`` (one record per agent run), without a change
+(``guard-middleware``) and with a 50 % observe-only canary on the system prompt
+(``guard-middleware-canary``); paired like the graphs above, per agent run. Skipped when
+``langchain`` is not installed.
+
 Method (paired, interleaved): each round visits every variant in a shuffled order and
 runs ``--invokes`` pairs of invocations, one of the variant and one of the bare graph
 back to back (which goes first is random), so each pair sees the same machine state. A
@@ -229,6 +236,96 @@ def in_node(calls: int, rounds: int, seed: int) -> dict[str, Any]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def agent_runs(invokes: int, rounds: int, seed: int) -> dict[str, Any] | None:
+    """GuardMiddleware's added time per agent run, paired against the bare agent."""
+    try:
+        from langchain.agents import create_agent
+        from langchain_core.language_models import BaseChatModel
+        from langchain_core.messages import AIMessage, ToolMessage
+        from langchain_core.outputs import ChatGeneration, ChatResult
+        from langchain_core.tools import tool
+    except ImportError:
+        return None
+    from sil_langgraph import GuardMiddleware
+
+    class FakeChat(BaseChatModel):
+        @property
+        def _llm_type(self) -> str:
+            return "bench-fake"
+
+        def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
+            return self
+
+        def _generate(self, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any) -> Any:
+            if isinstance(messages[-1], ToolMessage):
+                msg = AIMessage(content="done")
+            else:
+                msg = AIMessage(content="", tool_calls=[{"name": "lookup", "args": {"q": "x"}, "id": "c1"}])
+            return ChatResult(generations=[ChatGeneration(message=msg)])
+
+    @tool
+    def lookup(q: str) -> str:
+        """Look up."""
+        return q
+
+    rng = random.Random(seed)
+    workdir = Path(tempfile.mkdtemp(prefix="sil-bench-mw-"))
+    try:
+        adapter = DictConfigAdapter({"agent": {"system_prompt": "v1"}})
+        plain = Guard(f"sqlite:///{workdir / 'mw.db'}", adapter=adapter)
+        canary = Guard(f"sqlite:///{workdir / 'mw-canary.db'}", adapter=DictConfigAdapter({"agent": {"system_prompt": "v1"}}),
+                       policy=RolloutPolicy(observe_only=True, ramp=(0.5,), horizon=10**9))
+        canary.propose("agent", {"system_prompt": "v2"})
+        guards = {"guard-middleware": plain, "guard-middleware-canary": canary}
+        agents = {"bare": create_agent(FakeChat(), [lookup], system_prompt="v1")}
+        for name, g in guards.items():
+            agents[name] = create_agent(FakeChat(), [lookup], system_prompt="v1",
+                                        middleware=[GuardMiddleware(g, "agent", check=lambda s: True)])
+        inputs = {"messages": [("user", "hi")]}
+        threads = [{"configurable": {"thread_id": f"t{i}"}} for i in range(invokes)]
+        for name, agent in agents.items():
+            for config in threads[: max(5, invokes // 5)]:
+                agent.invoke(inputs, config)
+        for g in guards.values():
+            g.flush()
+        pairs: dict[str, list[tuple[float, float]]] = {v: [] for v in guards}
+        flushes: dict[str, list[float]] = {v: [] for v in guards}
+        perf = time.perf_counter
+        for r in range(rounds):
+            order = list(guards)
+            rng.shuffle(order)
+            for variant in order:
+                gc.collect()
+                for config in threads:
+                    first, second = (agents[variant], agents["bare"]) if rng.random() < 0.5 else \
+                        (agents["bare"], agents[variant])
+                    t0 = perf()
+                    first.invoke(inputs, config)
+                    t1 = perf()
+                    second.invoke(inputs, config)
+                    t2 = perf()
+                    a, b = t1 - t0, t2 - t1
+                    pairs[variant].append((a, b) if first is agents[variant] else (b, a))
+                flushes[variant].append(_timed_flush(guards[variant]))
+            log(f"middleware round {r + 1}/{rounds} done")
+        result: dict[str, Any] = {"model_calls_per_run": 2, "tool_calls_per_run": 1}
+        for variant, g in guards.items():
+            added = [(t - bare) * 1e6 for t, bare in pairs[variant]]
+            result[variant] = {
+                "added_us_per_run_median": round(median(added), 3),
+                "added_us_per_run_ci95": [round(x, 3) for x in median_ci95(added) or []] or None,
+                "added_with_flush_us_per_run_median": round(median(added) + median(flushes[variant]) / invokes * 1e6, 3),
+                "bare_run_us_median": round(median([bare * 1e6 for _, bare in pairs[variant]]), 3),
+                "ratio_to_bare_median": round(median([t / bare for t, bare in pairs[variant]]), 4),
+                "records_per_run": round(g.stats("agent").n / (len(pairs[variant]) + max(5, invokes // 5)), 3),
+                "pairs": len(added),
+            }
+            g.close()
+        return result
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def _timed_flush(guard: Guard | None) -> float:
     if guard is None:
         return 0.0
@@ -256,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     log(f"{args.nodes}-node graph, {invokes} pairs of invocations per variant and round, {rounds} rounds")
     results = run(args.nodes, invokes, rounds, args.seed)
     results["in_node"] = in_node(500 if args.quick else 5000, rounds, args.seed)
+    results["middleware"] = agent_runs(max(10, invokes // 4), rounds, args.seed)
+    info["langchain"] = package_version("langchain")
     out = {
         "benchmark": "langgraph_overhead",
         "nodes": args.nodes,
@@ -286,6 +385,14 @@ def main(argv: list[str] | None = None) -> int:
     ci = inn["added_us_ci95"]
     print(f"{'in_node (wrapper)':<16} {inn['added_us_median']:>14.2f} "
           f"{(f'[{ci[0]:.2f}, {ci[1]:.2f}]' if ci else '-'):>20}")
+    mw = results["middleware"]
+    if mw:
+        for variant in ("guard-middleware", "guard-middleware-canary"):
+            r = mw[variant]
+            ci = r["added_us_per_run_ci95"]
+            print(f"{variant:<24} {r['added_us_per_run_median']:>9.1f} us/agent run "
+                  f"{(f'[{ci[0]:.1f}, {ci[1]:.1f}]' if ci else '-')} (bare run {r['bare_run_us_median']:.0f} us, "
+                  f"ratio {r['ratio_to_bare_median']:.3f}, {r['records_per_run']:.2f} records/run)")
     met = out["target_met"]
     print(f"{TARGET_NOTE}: graph {'met' if met['graph'] else 'NOT met'}, "
           f"in node {'met' if met['in_node'] else 'NOT met'}")

@@ -33,7 +33,7 @@ def test_sil_core_imports_only_the_standard_library():
 def test_sil_langgraph_surface_and_lazy_framework_import():
     code = (
         "import sys, sil_langgraph;"
-        "assert sorted(sil_langgraph.__all__) == ['ConfigurableAdapter', 'GuardCallbackHandler', 'GuardNode', 'StoreConfigAdapter',"
+        "assert sorted(sil_langgraph.__all__) == ['ConfigurableAdapter', 'GuardCallbackHandler', 'GuardMiddleware', 'GuardNode', 'StoreConfigAdapter',"
         " 'add_guarded_node', 'guarded_node', 'node_config'];"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in {'langgraph', 'langchain_core'}))"
     )
