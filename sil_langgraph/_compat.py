@@ -16,7 +16,9 @@ Feature detection:
   ``GraphBubbleUp``, which is registered once as ``interrupted`` control flow.
 """
 
+import importlib
 import sys
+import threading
 from typing import Any, Optional, Sequence
 
 from sil_core.errors import MissingExtra
@@ -160,3 +162,31 @@ def will_retry(policy: Any, exc: BaseException, attempt: Optional[int]) -> bool:
     except Exception:
         return False
     return False
+
+
+class LazyClass:
+    """A class built on first use from sil-guard's logic and a framework base class, so that
+    importing ``sil_langgraph`` imports no framework (``GuardCallbackHandler``,
+    ``GuardMiddleware``); without the framework, first use raises ``MissingExtra``."""
+
+    def __init__(self, module: str, name: str, logic: type, doc: Optional[str], base: str, package: str,
+                 before: Any = None) -> None:
+        self.module, self.name, self.logic, self.doc = module, name, logic, doc
+        self.base, self.package, self.before = base, package, before  # base: "module:Class"
+        self._built: Optional[type] = None
+        self._lock = threading.Lock()
+
+    def get(self) -> type:
+        if self._built is None:
+            with self._lock:
+                if self._built is None:
+                    module, _, cls = self.base.partition(":")
+                    try:
+                        base = getattr(importlib.import_module(module), cls)
+                    except ImportError as exc:
+                        raise MissingExtra("langgraph", self.package) from exc
+                    if self.before is not None:
+                        self.before()
+                    self._built = type(self.name, (self.logic, base), {
+                        "__module__": self.module, "__qualname__": self.name, "__doc__": self.doc})
+        return self._built

@@ -301,10 +301,6 @@ class _GuardCallbackLogic:
             return len(self._open)
 
 
-_CLASS: type | None = None
-_class_lock = threading.Lock()
-
-
 def _register_langgraph_control_flow() -> None:
     """LangGraph's control flow, registered by the one loader the package has."""
     try:
@@ -313,25 +309,12 @@ def _register_langgraph_control_flow() -> None:
         pass
 
 
-def _handler_class() -> type:
-    global _CLASS
-    if _CLASS is None:
-        with _class_lock:
-            if _CLASS is None:
-                try:
-                    from langchain_core.callbacks import BaseCallbackHandler
-                except ImportError as exc:
-                    raise MissingExtra("langgraph", "langchain-core") from exc
-                _register_langgraph_control_flow()
-                _CLASS = type("GuardCallbackHandler", (_GuardCallbackLogic, BaseCallbackHandler), {
-                    "__module__": __name__,
-                    "__qualname__": "GuardCallbackHandler",
-                    "__doc__": __doc__,
-                })
-    return _CLASS
+_HANDLER = _compat.LazyClass(__name__, "GuardCallbackHandler", _GuardCallbackLogic, __doc__,
+                             "langchain_core.callbacks:BaseCallbackHandler", "langchain-core",
+                             before=_register_langgraph_control_flow)
 
 
 def __getattr__(name: str) -> Any:
     if name == "GuardCallbackHandler":
-        return _handler_class()
+        return _HANDLER.get()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

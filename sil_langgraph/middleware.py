@@ -48,7 +48,6 @@ import time
 import weakref
 from typing import Any, Callable, Optional
 
-from sil_core.errors import MissingExtra
 from sil_core.integration import judge_result, report
 from sil_core.versions import get_version
 
@@ -446,28 +445,11 @@ class _GuardMiddlewareLogic:
         return f"<GuardMiddleware {self.target!r} of {self.guard!r}>"
 
 
-_CLASS: Optional[type] = None
-_class_lock = threading.Lock()
-
-
-def _middleware_class() -> type:
-    global _CLASS
-    if _CLASS is None:
-        with _class_lock:
-            if _CLASS is None:
-                try:
-                    from langchain.agents.middleware import AgentMiddleware
-                except ImportError as exc:
-                    raise MissingExtra("langgraph", "langchain") from exc
-                _CLASS = type("GuardMiddleware", (_GuardMiddlewareLogic, AgentMiddleware), {
-                    "__module__": __name__,
-                    "__qualname__": "GuardMiddleware",
-                    "__doc__": __doc__,
-                })
-    return _CLASS
+_MIDDLEWARE = _compat.LazyClass(__name__, "GuardMiddleware", _GuardMiddlewareLogic, __doc__,
+                                "langchain.agents.middleware:AgentMiddleware", "langchain")
 
 
 def __getattr__(name: str) -> Any:
     if name == "GuardMiddleware":
-        return _middleware_class()
+        return _MIDDLEWARE.get()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

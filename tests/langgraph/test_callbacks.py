@@ -302,7 +302,9 @@ def test_missing_langchain_core_raises_missing_extra(monkeypatch):
     from sil_core import MissingExtra
     from sil_langgraph import callbacks
 
-    monkeypatch.setattr(callbacks, "_CLASS", None)
+    monkeypatch.setattr(callbacks, "_HANDLER", callbacks._compat.LazyClass(
+        callbacks.__name__, "GuardCallbackHandler", object, None, "langchain_core.callbacks:BaseCallbackHandler",
+        "langchain-core"))
     monkeypatch.setitem(sys.modules, "langchain_core.callbacks", None)
     with pytest.raises(MissingExtra, match=r"sil-guard\[langgraph\]"):
         callbacks.GuardCallbackHandler  # noqa: B018
