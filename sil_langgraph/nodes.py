@@ -116,7 +116,10 @@ class _Node:
                 name = target or default_name
                 if name not in names:
                     self._register(name, config)
-            route, token = recorders[name].begin(thread if key is None else _routing_key(key, config, thread))
+            # the thread routes; without one, the task (stable across its retries: a retried
+            # attempt must not draw the other arm)
+            default = thread if thread is not None or configurable is None else task_id(configurable)
+            route, token = recorders[name].begin(default if key is None else _routing_key(key, config, default))
             if route is not None and config:
                 tag(config, name, route)
             return name, thread, configurable, route, token, False
@@ -215,14 +218,15 @@ class _Node:
         return policy() if callable(policy) else policy
 
 
-def _routing_key(key: Callable[[Any], Any], config: Any, thread: Any) -> Any:
-    """``key(config)``, the routing key of an execution; the thread id if it fails."""
+def _routing_key(key: Callable[[Any], Any], config: Any, default: Any) -> Any:
+    """``key(config)``, the routing key of an execution; ``default`` (the thread id, else
+    the task id) if it fails or gives ``None``."""
     try:
         found = key(config)
     except Exception as exc:
         report("langgraph.key", exc)
-        return thread
-    return thread if found is None else found
+        return default
+    return default if found is None else found
 
 
 def _is_runnable(fn: Any) -> bool:

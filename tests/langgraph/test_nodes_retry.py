@@ -106,3 +106,59 @@ def test_the_policy_langgraph_runs_wins_over_the_one_given_to_the_wrapper(guard)
         b.compile().invoke({"x": 1})
     guard.flush()
     assert [(r.attempt, r.outcome) for r in guard.store.read_calls("down")] == [(1, "error")]
+
+
+def test_a_retried_task_keeps_its_arm_without_a_thread_id():
+    """During a canary with no thread id, every attempt of a task is served the same arm
+    (was: 292 of 1,000 tasks changed arm between attempts, so a candidate failure rescued on
+    the baseline counted as a baseline success: candidate 0.904 recorded vs 0.870 true)."""
+    import asyncio
+
+    from sil_core import DictConfigAdapter, RolloutPolicy
+    from sil_langgraph import node_config
+
+    fail = {"a": 0.3, "b": 0.6}  # per attempt: baseline prompt "a", candidate prompt "b"
+    arms_per_task, rng = {}, random.Random(3)
+    g = Guard("memory://", adapter=DictConfigAdapter({"work": {"prompt": "a"}}), flush_interval=60,
+              refresh_interval=0, policy=RolloutPolicy(ramp=(0.5,), observe_only=True, min_calls=100_000,
+                                                       horizon=1_000_000))
+    try:
+        async def work(state: S) -> S:
+            prompt = node_config()["prompt"]
+            arms_per_task.setdefault(state["x"], []).append(prompt)
+            if rng.random() < fail[prompt]:
+                raise ConnectionError("transient")
+            return {"out": prompt}
+
+        b = StateGraph(S)
+        b.add_node("work", guarded_node(work, guard=g), retry_policy=RetryPolicy(max_attempts=4, initial_interval=0,
+                                                                                 jitter=False))
+        b.add_edge(START, "work")
+        b.add_edge("work", END)
+        graph = b.compile()
+        g.propose("work", {"prompt": "b"})
+
+        async def main():
+            sem = asyncio.Semaphore(20)
+
+            async def one(i):
+                async with sem:
+                    try:
+                        await graph.ainvoke({"x": i})
+                    except ConnectionError:
+                        pass
+
+            await asyncio.gather(*(one(i) for i in range(400)))
+
+        asyncio.run(main())
+        switched = sum(len(set(prompts)) > 1 for prompts in arms_per_task.values())
+        assert switched == 0
+        assert {p for prompts in arms_per_task.values() for p in prompts} == {"a", "b"}
+        g.flush()
+        change = g.change("work")
+        for version, prompt in ((change.baseline_version, "a"), (change.candidate_version, "b")):
+            s = g.stats("work", version=version)
+            tasks = [p for p in arms_per_task.values() if p[0] == prompt]
+            assert s.successes + s.failures == len(tasks)
+    finally:
+        g.close()
