@@ -151,15 +151,15 @@ def main() -> int:
         print(f"   SKILL.md back to v1 byte for byte: {skill_md.read_text() == SKILL_V1}")
         print(f"   config.yaml unchanged byte for byte: {(hermes / 'config.yaml').read_text() == CONFIG}")
 
-        model_tools.handle_function_call("skill_manage", {   # the same bad edit comes back
+        again = json.loads(model_tools.handle_function_call("skill_manage", {   # the same bad edit comes back
             "action": "patch", "name": "release-notes", "old_string": "List each change on one line, newest first.",
-            "new_string": "Always consult the release-notes-style-guide skill first."})
+            "new_string": "Always consult the release-notes-style-guide skill first."}))
         drain()
-        blocked = json.loads(model_tools.handle_function_call("skill_view", {"name": "release-notes"}))
-        print(f"5. the same edit again is quarantined; the model is told: {blocked.get('error', '')[:90]}...")
+        print(f"5. the same edit again: {again.get('error') or 'written, then undone (its cooldown)'}"[:120])
+        print(f"   SKILL.md still v1: {skill_md.read_text() == SKILL_V1}")
         report = guard.verify_trail()
         print(f"6. trail: {report.events} events, hash chain {'verified' if report.ok else 'BROKEN'}")
-        ok = change.state == "rolled_back" and report.ok and "quarantined" in blocked.get("error", "")
+        ok = change.state == "rolled_back" and report.ok and skill_md.read_text() == SKILL_V1
         return 0 if ok else 1
     finally:
         guard.close()

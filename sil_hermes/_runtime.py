@@ -6,6 +6,7 @@ Hooks only touch dicts under one lock and queue work; the one disk read on the c
 thread is the snapshot ``pre_tool_call`` takes before a ``skill_manage`` write lands.
 """
 
+import atexit
 import os
 import re
 import threading
@@ -15,7 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from sil_core.integration import fail_open
 from sil_core.integration import BackgroundWorker, State
 from sil_core.records import Outcome
-from sil_core.versions import config_version
+from sil_core.versions import config_version, put_version
 
 from . import _compat
 from .skills import EditedSkill, SkillConfigAdapter, skill_of, target_for
@@ -23,6 +24,10 @@ from .skills import EditedSkill, SkillConfigAdapter, skill_of, target_for
 _mono = time.monotonic
 _INVOKED = re.compile(r'\[(?:IMPORTANT: The user has invoked the|Loaded as part of the[^"\]\n]*) "([^"]+)"')
 QUARANTINE_REFRESH_S = 2.0
+#: the reason of a change rolled back because a newer edit of its skill replaced it
+SUPERSEDED = "superseded by a newer edit"
+#: how long the exit handler waits for queued hook events (and their judgment)
+EXIT_TIMEOUT_S = 5.0
 #: open turns and pending snapshots kept at most (sessions that never end are forgotten)
 MAX_OPEN = 4096
 
@@ -61,7 +66,9 @@ class Runtime:
         self.blocked: Dict[str, Dict[str, str]] = {}  # skill -> {version: reason}
         self.owned: set = set()  # sessions a SkillGuard.call records itself (outer layer wins)
         self._refreshed = 0.0
+        self.touched: set = set()  # targets this process recorded turns of (judged at exit)
         self.worker = BackgroundWorker("sil-hermes", self._handle, max_queue=10_000)
+        self._hook_exit()
 
     # -- wiring ---------------------------------------------------------------------------
     def attach(self, guard: Any, adapter: Optional[SkillConfigAdapter] = None) -> None:
@@ -70,6 +77,34 @@ class Runtime:
         if adapter is not None:
             self.adapter = adapter
         self._refreshed = 0.0
+        self._hook_exit()
+
+    def _hook_exit(self) -> None:
+        """(Re-)register the exit handler so it runs before the guards' own (atexit runs
+        the latest registration first): a one-shot process (``hermes chat -q``) exits
+        right after its turn, and the turn's record must not be lost."""
+        with fail_open("hermes.atexit"):
+            atexit.unregister(self.at_exit)
+            atexit.register(self.at_exit)
+
+    def at_exit(self) -> None:
+        """Drain the queued hook events (bounded), then judge the targets this process
+        recorded turns of, so a change that a few one-shot processes broke is rolled back."""
+        deadline = _mono() + EXIT_TIMEOUT_S
+        with fail_open("hermes.exit_drain"):
+            self.worker.drain(EXIT_TIMEOUT_S)
+        guard = self.guard
+        if guard is None or getattr(guard, "closed", False):
+            return
+        with fail_open("hermes.exit_flush"):
+            guard.flush()
+        for target in sorted(self.touched):
+            if _mono() > deadline:
+                break
+            with fail_open("hermes.exit_evaluate"):
+                change = guard.change(target, flush=False)
+                if change is not None and change.state in (State.CANARY, State.SWITCHED):
+                    guard.evaluate(target)
 
     def _guard(self) -> Any:
         if self.guard is None:
@@ -79,6 +114,7 @@ class Runtime:
             url = os.environ.get("SIL_STORE") or f"sqlite:///{home / 'sil' / 'sil.db'}"
             (home / "sil").mkdir(parents=True, exist_ok=True)
             self.guard = Guard(url, worker_id=f"hermes:{os.getpid()}")
+            self._hook_exit()
         return self.guard
 
     def drain(self, timeout: Optional[float] = 10.0) -> bool:
@@ -121,12 +157,27 @@ class Runtime:
         for name in dict.fromkeys(_INVOKED.findall(message[:100_000])):
             self.loaded(session, skill_of(name), "slash")
 
-    def snapshot(self, call_id: Optional[str], skill: str) -> None:
+    def pinned(self, skill: str) -> bool:
+        """Whether the skill's target is pinned (this worker's view: never waits on the store)."""
+        guard = self.guard
+        return guard is not None and bool(guard.view(target_for(skill)).pinned)
+
+    def snapshot(self, call_id: Optional[str], skill: str, args: Any = None) -> Optional[str]:
+        """Keep the skill as it is before a ``skill_manage`` write; the reason to refuse the
+        write when it would bring back a quarantined (rolled-back) version, else ``None``."""
         before = self.adapter.get_config(skill)  # the disk read that must precede the write
+        versions = self.blocked.get(skill)
+        if versions and isinstance(args, dict):
+            predicted = _predict(before, args)
+            if predicted is not None:
+                version = config_version(predicted)
+                if version in versions:
+                    return f"version {version} ({versions[version]})"
         with self._lock:
             if len(self.pending) >= MAX_OPEN:
                 self.pending.pop(next(iter(self.pending)))
             self.pending[(call_id, skill)] = (before, _compat.write_origin())
+        return None
 
     def edited(self, call_id: Optional[str], skill: str, status: str, action: str, session: Optional[str]) -> None:
         with self._lock:
@@ -182,20 +233,62 @@ class Runtime:
         self.refresh_quarantine()
 
     def _on_edit(self, skill: str, before: dict, origin: str, status: str, action: str, session: Optional[str]) -> None:
+        """Make the guard agree with the disk after a ``skill_manage`` write: a created skill
+        becomes the skill's first version (the baseline of its later edits); an edit becomes
+        a switch-mode change; an edit while a change is in flight supersedes it (rolled back,
+        then the edit is proposed against the same baseline); an edit the guard refuses
+        (cooldown, pinned) is undone on disk."""
         after = self.adapter.get_config(skill)
         self.current[skill] = config_version(after)
         if status != "ok" or after == before:
             return
         guard = self._guard()
-        patch = {k: after[k] for k in after if after[k] != before.get(k)}
-        change = guard.propose(target_for(skill), patch, adapter=EditedSkill(self.adapter, before), mode="switch",
-                               actor=f"hermes:{origin}")
+        target, actor = target_for(skill), f"hermes:{origin}"
+        latest = guard.change(target)
+        in_flight = latest is not None and latest.in_flight
+        superseded = None
+        adapter: Any = EditedSkill(self.adapter, before)
+        if in_flight:
+            baseline = self._version_config(guard, target, latest.baseline_version)
+            if baseline is not None and guard.rollback(target, actor=actor, reason=SUPERSEDED):
+                superseded, before = latest.id, baseline
+                adapter = self.adapter  # the disk holds the baseline again: the proposal writes the edit
+            # else another worker holds it: the proposal is refused below and the edit undone
+        if not in_flight and not before.get("files") and after.get("files") \
+                and not guard.view(target, fresh=True).pinned:
+            self._adopt(guard, target, after, actor)
+            change = None
+        elif superseded is not None and after == before:  # the edit went back to the baseline
+            change = None
+        else:
+            patch = {k: after[k] for k in after if after[k] != before.get(k)}
+            change = guard.propose(target, patch, adapter=adapter, mode="switch", actor=actor)
+            if not change.in_flight:  # refused (cooldown, pinned, another change): undo it on disk
+                self.adapter.rollback_config(skill, before)
+                self.current[skill] = config_version(before)
         with fail_open("hermes.edit_log"):
-            guard.store.kv_put("hermes_edit", f"{target_for(skill)}@{time.time():.6f}", {
+            guard.store.kv_put("hermes_edit", f"{target}@{time.time():.6f}", {
                 "skill": skill, "writer": origin, "action": action, "session_id": session, "ts": time.time(),
-                "before": config_version(before), "after": config_version(after), "change_id": change.id,
-                "change_state": change.state}, expect_rev=0)
+                "before": config_version(before), "after": config_version(after),
+                "change_id": change.id if change else None, "change_state": change.state if change else "adopted",
+                "superseded": superseded}, expect_rev=0)
         self.refresh_quarantine(force=True)
+
+    @staticmethod
+    def _version_config(guard: Any, target: str, version: Optional[str]) -> Optional[dict]:
+        for v in guard.versions(target):
+            if v["version"] == version:
+                return v["config"]
+        return None
+
+    def _adopt(self, guard: Any, target: str, config: dict, actor: str) -> None:
+        """Record a skill the agent created as its target's active version, without a
+        change (there is nothing to roll back to but deleting it): store the version, make
+        it active (``pin`` through an adapter that writes nothing, Hermes wrote it), and
+        release the pin so its later edits are guarded against it."""
+        version = put_version(guard.store, target, config)
+        guard.pin(target, version, adapter=_Written(self.adapter), actor=actor)
+        guard.unpin(target, actor=actor)
 
     def _on_end(self, turn: Turn, completed: Any, interrupted: Any, t_end: float, session: Optional[str]) -> None:
         guard = self._guard()
@@ -207,6 +300,7 @@ class Runtime:
             outcome = Outcome.OK
         for load in turn.loads:
             target = target_for(load.skill)
+            self.touched.add(target)
             routed, arm, _ = guard.route(target, key=session)
             version = routed if routed is None or routed == load.version else load.version
             guard.record(target, success=outcome == Outcome.OK, outcome=outcome, latency_s=max(0.0, t_end - load.t0),
@@ -225,8 +319,49 @@ class Runtime:
         for change in self.guard.changes():
             if change.state == State.ROLLED_BACK and change.target.startswith("hermes:"):
                 reason = (change.verdict.reason if change.verdict else "") or change.reason or "it regressed"
+                if reason == SUPERSEDED:  # replaced by a newer edit, not found to regress
+                    continue
                 blocked.setdefault(skill_of(change.target), {})[change.candidate_version] = reason
         self.blocked = blocked
+
+
+def _predict(before: dict, args: dict) -> Optional[dict]:
+    """The skill a ``skill_manage`` edit would write, when that is plain to see (an exact
+    ``patch``, an ``edit``, a ``write_file``); ``None`` otherwise."""
+    files = dict(before.get("files") or {})
+    action = args.get("action")
+    if action == "edit" and isinstance(args.get("content"), str):
+        files["SKILL.md"] = args["content"]
+    elif action == "write_file" and isinstance(args.get("file_path"), str) and isinstance(args.get("file_content"), str):
+        files[args["file_path"]] = args["file_content"]
+    elif action == "patch":
+        path, old, new = args.get("file_path") or "SKILL.md", args.get("old_string"), args.get("new_string")
+        text = files.get(path)
+        if not (isinstance(text, str) and isinstance(old, str) and old and isinstance(new, str)):
+            return None
+        count = text.count(old)
+        if count == 0 or (count > 1 and not args.get("replace_all")):
+            return None
+        files[path] = text.replace(old, new)
+    else:
+        return None
+    return {"files": files, "config": before.get("config") or {}}
+
+
+class _Written:
+    """The adapter of a version Hermes already wrote: reads the disk, writes nothing."""
+
+    def __init__(self, adapter: SkillConfigAdapter) -> None:
+        self.adapter = adapter
+
+    def get_config(self, agent_id: str) -> dict:
+        return self.adapter.get_config(agent_id)
+
+    def apply_config(self, agent_id: str, config_patch: dict) -> bool:
+        return True
+
+    def rollback_config(self, agent_id: str, backup_config: dict) -> None:
+        return None
 
 
 _runtime = Runtime()

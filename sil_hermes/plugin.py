@@ -5,10 +5,13 @@ reported through ``sil_core.integration.report`` and the tool call goes on), is
 thread-safe and queues its bookkeeping to a background worker:
 
 * ``pre_tool_call``: snapshots a skill before a ``skill_manage`` write lands; blocks a
-  ``skill_view`` of a quarantined (rolled-back) version with a message to the model.
+  ``skill_view`` of a quarantined (rolled-back) version, and a ``skill_manage`` write of
+  a pinned skill or one that would bring a quarantined version back, with a message to
+  the model.
 * ``post_tool_call``: records skill loads (status, duration), turns a ``skill_manage``
-  write into a guarded change (writer: foreground or background review), counts tool
-  errors of the turn.
+  write into a guarded change (writer: foreground or background review; a created skill
+  becomes its first version; an edit while a change is in flight supersedes it; an edit
+  the guard refuses is undone on disk), counts tool errors of the turn.
 * ``pre_llm_call``: counts slash-command skill invocations as loads.
 * ``on_session_end``: closes the turn and records its outcome against every skill
   version it loaded.
@@ -42,7 +45,15 @@ def pre_tool_call(tool_name: str = "", args: Any = None, tool_call_id: Optional[
                     f"sil-guard: skill '{name}' (version {rt.current.get(name)}) is quarantined because it "
                     f"regressed ({reason}). Do not load or follow it; carry on without this skill.")}
             return None
-        rt.snapshot(tool_call_id, name)
+        if rt.pinned(name):
+            return {"action": "block", "message": (
+                f"sil-guard: skill '{name}' is pinned to a reviewed version; it cannot be edited now. "
+                "Carry on without changing it.")}
+        refused = rt.snapshot(tool_call_id, name, args)
+        if refused is not None:
+            return {"action": "block", "message": (
+                f"sil-guard: this edit of skill '{name}' would bring back {refused}, which was rolled back "
+                "because it regressed. It was not written; keep the current version of the skill.")}
     except Exception as exc:
         report("hermes.pre_tool_call", exc)
     return None

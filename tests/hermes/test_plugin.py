@@ -121,20 +121,101 @@ def test_config_keys_restore_keeps_other_edits_and_comments(home):
     assert "skin: dark" in text and "this comment must survive" in text
 
 
-def test_a_quarantined_version_is_blocked_with_a_message_to_the_model(home, guard):
+def test_the_same_bad_edit_during_its_cooldown_is_undone_on_disk(home, guard):
+    from sil_core.integration import State
+
     rt = attach(guard)
+    skill_md = home / "skills" / "demo-skill" / "SKILL.md"
     call("skill_manage", PATCH)
     rt.drain()
     assert guard.rollback("hermes:demo-skill") is True
     assert call("skill_view", {"name": "demo-skill"})["success"] is True  # v1 is served again
-    call("skill_manage", PATCH)  # the same bad edit lands again (a background review, say)
+    # the hooks do not know of the rollback yet (they re-read rollbacks at most every 2 s):
+    # the same bad edit lands again (a background review, say), is refused, and is undone
+    assert call("skill_manage", PATCH)["success"] is True
     rt.drain()
+    assert skill_md.read_bytes() == SKILL_V1.encode()  # not left on disk behind a quarantine
+    assert (home / "config.yaml").read_bytes() == CONFIG_V1.encode()
+    changes = guard.changes("hermes:demo-skill")
+    assert [c.state for c in changes] == [State.ROLLED_BACK, State.REJECTED]
+    assert guard.view("hermes:demo-skill", fresh=True).active == changes[0].baseline_version
+    assert "one short sentence" in call("skill_view", {"name": "demo-skill"})["content"]
+    # now they know: the same edit is refused before it lands, with a message to the model
+    refused = call("skill_manage", PATCH)
+    assert "rolled back because it regressed" in refused["error"]
+    rt.drain()
+    assert skill_md.read_bytes() == SKILL_V1.encode()
+    assert len(guard.changes("hermes:demo-skill")) == 2
+
+
+def test_an_edit_of_a_pinned_skill_is_refused_before_it_lands(home, guard):
+    rt = attach(guard)
+    call("skill_view", {"name": "demo-skill"})
+    rt.drain()
+    call("skill_manage", PATCH)
+    rt.drain()
+    change = guard.change("hermes:demo-skill")
+    assert guard.rollback("hermes:demo-skill") is True
+    guard.pin("hermes:demo-skill", change.baseline_version)
+    refused = call("skill_manage", {**PATCH, "new_string": "Answer in a sonnet."})
+    assert "pinned" in refused["error"]
+    assert (home / "skills" / "demo-skill" / "SKILL.md").read_bytes() == SKILL_V1.encode()
+    assert guard.unpin("hermes:demo-skill") is True
+    assert call("skill_manage", {**PATCH, "new_string": "Answer in a sonnet."})["success"] is True
+
+
+def test_a_quarantined_version_is_blocked_with_a_message_to_the_model(home, guard):
+    rt = attach(guard)
+    skill_md = home / "skills" / "demo-skill" / "SKILL.md"
+    call("skill_manage", PATCH)
+    rt.drain()
+    bad = skill_md.read_bytes()
+    assert guard.rollback("hermes:demo-skill") is True
+    assert call("skill_view", {"name": "demo-skill"})["success"] is True  # v1 is served again
+    skill_md.write_bytes(bad)  # the bad version comes back outside skill_manage (a restore from git, say)
+    call("skill_view", {"name": "demo-skill"})  # seen on disk: its version is known
+    rt.drain()
+    rt.refresh_quarantine(force=True)  # the hooks re-read rollbacks at most every 2 s
     blocked = call("skill_view", {"name": "demo-skill"})
     assert "quarantined" in blocked["error"] and "demo-skill" in blocked["error"]
     assert "Do not load or follow it" in blocked["error"]
     rt.drain()
     guard.flush()
     assert [r.outcome for r in guard.store.read_calls("hermes:demo-skill", limit=10)] == ["blocked"]
+
+
+def test_an_edit_while_a_change_is_in_flight_supersedes_it(home, guard, tmp_path, capsys):
+    from sil_core import config_version
+    from sil_core.cli import main
+    from sil_core.integration import State
+
+    rt = attach(guard)
+    skill_md = home / "skills" / "demo-skill" / "SKILL.md"
+    v1 = config_version(rt.adapter.get_config("demo-skill"))
+    call("skill_manage", PATCH)
+    rt.drain()
+    first = guard.change("hermes:demo-skill")
+    assert first.state == State.SWITCHED
+    second = {"action": "patch", "name": "demo-skill", "old_string": "three long paragraphs",
+              "new_string": "a haiku"}
+    assert call("skill_manage", second)["success"] is True
+    rt.drain()
+    v3 = config_version(rt.adapter.get_config("demo-skill"))
+    assert "a haiku" in skill_md.read_text()  # the newer edit is on disk...
+    changes = guard.changes("hermes:demo-skill")
+    assert [c.state for c in changes] == [State.ROLLED_BACK, State.SWITCHED]  # ...and in flight
+    assert changes[0].reason == "superseded by a newer edit"
+    assert changes[1].baseline_version == v1 and changes[1].candidate_version == v3
+    assert guard.view("hermes:demo-skill", fresh=True).active == v3
+    assert rt.block_reason("demo-skill") is None  # superseded is not quarantined
+    guard.flush()
+    url = f"sqlite:///{tmp_path / 'sil.db'}"
+    assert main(["hermes", "history", "demo-skill", "--store", url]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert rows[v3].rstrip().endswith("active")
+    assert guard.rollback("hermes:demo-skill") is True  # rolling the newer edit back restores v1
+    assert skill_md.read_bytes() == SKILL_V1.encode()
+    assert guard.verify_trail().ok
 
 
 def test_hooks_survive_injected_faults(home, guard, monkeypatch):
@@ -238,7 +319,9 @@ def test_importing_sil_hermes_does_not_import_hermes_modules():
     assert out.stdout.strip() == "[]"
 
 
-def test_a_deleted_skill_comes_back_and_a_created_one_goes_away(home, guard):
+def test_a_deleted_skill_comes_back_and_a_created_one_stays(home, guard):
+    from sil_core import config_version
+
     rt = attach(guard)
     skill = home / "skills" / "demo-skill"
     assert call("skill_manage", {"action": "delete", "name": "demo-skill"})["success"] is True
@@ -251,10 +334,12 @@ def test_a_deleted_skill_comes_back_and_a_created_one_goes_away(home, guard):
     new_md = "---\nname: fresh-skill\ndescription: New.\n---\nDo the new thing.\n"
     assert call("skill_manage", {"action": "create", "name": "fresh-skill", "content": new_md})["success"] is True
     rt.drain()
-    created = guard.change("hermes:fresh-skill")
-    assert created.state in ("canary", "switched")
-    assert guard.rollback("hermes:fresh-skill") is True
-    assert not (home / "skills" / "fresh-skill").exists()
+    # a created skill is its first version, not a change: nothing to roll back
+    assert guard.change("hermes:fresh-skill") is None
+    assert guard.view("hermes:fresh-skill", fresh=True).active == \
+        config_version(rt.adapter.get_config("fresh-skill"))
+    assert guard.rollback("hermes:fresh-skill") is False
+    assert (home / "skills" / "fresh-skill" / "SKILL.md").read_text() == new_md
 
 
 def test_a_queued_edit_never_rewrites_the_disk(home, guard):
