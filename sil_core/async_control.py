@@ -100,6 +100,10 @@ class AsyncControl:
         """Async twin of :meth:`pin`."""
         return await self._off_loop(self.pin, target, version, **kwargs)
 
+    async def aadopt(self, target: str, config: dict, **kwargs: Any) -> str:
+        """Async twin of :meth:`adopt`."""
+        return await self._off_loop(self.adopt, target, config, **kwargs)
+
     async def aunpin(self, target: str, **kwargs: Any) -> bool:
         """Async twin of :meth:`unpin`."""
         return await self._off_loop(self.unpin, target, **kwargs)

@@ -110,14 +110,24 @@ class ChangeControl:
         Blocks on the store and the adapter; use :meth:`apromote` in a coroutine."""
         return self._changes.promote(target, Verdict(Verdict.HEALTHY, f"promoted by {actor}", "manual"), actor=actor)
 
-    def rollback(self, target: str, *, actor: str = "api", reason: str | None = None) -> bool:
+    def rollback(self, target: str, *, actor: str = "api", reason: str | None = None, cooldown: bool = True) -> bool:
         """Roll the change in flight back now (idempotent: ``False`` if there is none);
-        ``reason`` goes to the trail and the change. A change already promoted is undone
-        with :meth:`revert`.
+        ``reason`` goes to the trail and the change. ``cooldown=False`` lets the same patch
+        be proposed again at once (a change superseded by a newer edit, not judged bad). A
+        change already promoted is undone with :meth:`revert`.
 
         Blocks on the store and the adapter; use :meth:`arollback` in a coroutine."""
         verdict = Verdict(Verdict.REGRESSED, reason or f"rolled back by {actor}", "manual")
-        return self._changes.rollback(target, verdict, actor=actor)
+        return self._changes.rollback(target, verdict, actor=actor, cooldown=cooldown)
+
+    def adopt(self, target: str, config: dict, *, actor: str = "api") -> str:
+        """Make ``config`` the target's active version without a change (nothing is written
+        through the adapter: the target serves it already), so that later changes are judged
+        against it: a skill an agent just created, a config deployed outside sil-guard.
+        Returns the version id; refused (``InvalidTransition``) while a change is in flight.
+
+        Blocks on the store; use :meth:`aadopt` in a coroutine."""
+        return self._changes.adopt(target, config, actor=actor)
 
     def request(self, target: str, action: str, *, actor: str = "api") -> bool:
         """Ask the workers that hold the target's adapter to ``"promote"`` or ``"rollback"``

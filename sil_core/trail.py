@@ -25,7 +25,7 @@ GENESIS = "0" * 64
 EVENT_TYPES = (
     "change_proposed", "change_rejected", "change_applied", "arm_weight_changed", "verdict",
     "rollback_started", "rollback_succeeded", "restore_failed", "promoted", "paused", "resumed",
-    "pinned", "unpinned", "reverted", "config_backup", "rollback_recorded", "watch_regressed", "strategy_error", "strategy_decision", "notifier_error", "adapter_error", "failure_trigger",
+    "pinned", "unpinned", "reverted", "config_backup", "rollback_recorded", "version_adopted", "watch_regressed", "strategy_error", "strategy_decision", "notifier_error", "adapter_error", "failure_trigger",
 )
 
 

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from sil_core.integration import fail_open
 from sil_core.integration import BackgroundWorker, State
 from sil_core.records import Outcome
-from sil_core.versions import config_version, put_version
+from sil_core.versions import config_version
 
 from . import _compat
 from .skills import EditedSkill, SkillConfigAdapter, skill_of, target_for
@@ -250,7 +250,7 @@ class Runtime:
         adapter: Any = EditedSkill(self.adapter, before)
         if in_flight:
             baseline = self._version_config(guard, target, latest.baseline_version)
-            if baseline is not None and guard.rollback(target, actor=actor, reason=SUPERSEDED):
+            if baseline is not None and guard.rollback(target, actor=actor, reason=SUPERSEDED, cooldown=False):
                 superseded, before = latest.id, baseline
                 adapter = self.adapter  # the disk holds the baseline again: the proposal writes the edit
             # else another worker holds it: the proposal is refused below and the edit undone
@@ -283,12 +283,9 @@ class Runtime:
 
     def _adopt(self, guard: Any, target: str, config: dict, actor: str) -> None:
         """Record a skill the agent created as its target's active version, without a
-        change (there is nothing to roll back to but deleting it): store the version, make
-        it active (``pin`` through an adapter that writes nothing, Hermes wrote it), and
-        release the pin so its later edits are guarded against it."""
-        version = put_version(guard.store, target, config)
-        guard.pin(target, version, adapter=_Written(self.adapter), actor=actor)
-        guard.unpin(target, actor=actor)
+        change (there is nothing to roll back to but deleting it), so its later edits are
+        guarded against it."""
+        guard.adopt(target, config, actor=actor)
 
     def _on_end(self, turn: Turn, completed: Any, interrupted: Any, t_end: float, session: Optional[str]) -> None:
         guard = self._guard()
@@ -346,22 +343,6 @@ def _predict(before: dict, args: dict) -> Optional[dict]:
     else:
         return None
     return {"files": files, "config": before.get("config") or {}}
-
-
-class _Written:
-    """The adapter of a version Hermes already wrote: reads the disk, writes nothing."""
-
-    def __init__(self, adapter: SkillConfigAdapter) -> None:
-        self.adapter = adapter
-
-    def get_config(self, agent_id: str) -> dict:
-        return self.adapter.get_config(agent_id)
-
-    def apply_config(self, agent_id: str, config_patch: dict) -> bool:
-        return True
-
-    def rollback_config(self, agent_id: str, backup_config: dict) -> None:
-        return None
 
 
 _runtime = Runtime()

@@ -54,8 +54,10 @@ class Actions:
         self.m.invalidate(row.target)
         return row if ok else None
 
-    def rollback(self, target: str, verdict: Verdict | None, *, actor: str) -> bool:
-        """Restore the baseline (switch mode: through the adapter) and end the change."""
+    def rollback(self, target: str, verdict: Verdict | None, *, actor: str, cooldown: bool = True) -> bool:
+        """Restore the baseline (switch mode: through the adapter) and end the change;
+        ``cooldown=False`` (a change superseded by a newer one, not judged bad) does not
+        refuse its patch afterwards."""
         m = self.m
         acquired = self.acquire(target, _ACTIVE | {State.RESTORE_FAILED})
         if acquired is None:
@@ -73,15 +75,15 @@ class Actions:
         if error is not None:
             return self._restore_failed(row, rev, verdict_dict, error, actor, first)
         done = self.commit(row, rev, state=State.ROLLED_BACK, verdict=verdict_dict,
-                           reason=verdict.reason if verdict else row.reason)
+                           reason=verdict.reason if verdict else row.reason, cooldown=cooldown)
         if done is None:
             return False
         until = m.clock.time() + row.rollout_policy.cooldown_hours * 3600
-        m.rows.update_head(target, lambda h: h.replace(active=row.baseline_version,
-                                                       blocked={**h.blocked, row.patch_hash: until}))
+        m.rows.update_head(target, lambda h: h.replace(
+            active=row.baseline_version, blocked={**h.blocked, row.patch_hash: until} if cooldown else h.blocked))
         m.note(done)
         m.trail("rollback_succeeded", target, row.id, actor, restored_version=row.baseline_version, mode=row.mode,
-                restore_attempts=row.restore.get("attempts", 0))
+                restore_attempts=row.restore.get("attempts", 0), cooldown=cooldown)
         m.notify("rollback_succeeded", target, f"{target}: rolled back {row.candidate_version} to "
                  f"{row.baseline_version}" + (f" ({verdict.reason})" if verdict else ""), change_id=row.id)
         self.tell_strategy(done, verdict)

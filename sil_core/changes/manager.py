@@ -147,8 +147,11 @@ class ChangeManager:
     def promote(self, target: str, verdict: Any, *, actor: str) -> bool:
         return self.actions.promote(target, verdict, actor=actor)
 
-    def rollback(self, target: str, verdict: Any, *, actor: str) -> bool:
-        return self.actions.rollback(target, verdict, actor=actor)
+    def rollback(self, target: str, verdict: Any, *, actor: str, cooldown: bool = True) -> bool:
+        return self.actions.rollback(target, verdict, actor=actor, cooldown=cooldown)
+
+    def adopt(self, target: str, config: dict, *, actor: str) -> str:
+        return self.operator.adopt(target, config, actor=actor)
 
     def set_paused(self, target: str, paused: bool, *, actor: str, verdict: Any = None) -> bool:
         return self.actions.set_paused(target, paused, actor=actor, verdict=verdict)

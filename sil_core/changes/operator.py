@@ -16,7 +16,7 @@ from ..adapters import ConfigAdapter
 from ..digest import patch_hash
 from ..errors import ConfigError
 from ..rollout import Change, InvalidTransition, Mode, State
-from ..versions import get_version
+from ..versions import get_version, put_version
 from .rows import ChangeRow, Head
 
 if TYPE_CHECKING:
@@ -55,6 +55,19 @@ class Operator:
         pin = {"actor": actor, "ts": m.clock.time()}
         m.rows.update_head(target, lambda h: h.replace(active=version, pinned=True, pin=pin))
         m.trail("pinned", target, None, actor, version=version, through_adapter=adapter is not None)
+
+    def adopt(self, target: str, config: dict, *, actor: str) -> str:
+        """Make ``config`` (what the target already serves: nothing is written through the
+        adapter) the target's active version without a change: the baseline its later changes
+        are judged against (e.g. a skill an agent has just created). Returns the version."""
+        m = self.m
+        row = m.rows.latest(target)
+        if row is not None and row.in_flight:
+            raise InvalidTransition(f"{target!r} has change {row.id} in flight; promote or roll it back first")
+        version = put_version(m.store, target, config)
+        m.rows.update_head(target, lambda h: h.replace(active=version))
+        m.trail("version_adopted", target, None, actor, version=version)
+        return version
 
     def unpin(self, target: str, *, actor: str) -> bool:
         """Let changes be proposed again; ``False`` if the target was not pinned."""

@@ -104,7 +104,8 @@ class Proposals:
             return f"{row.target!r} is pinned to {head.active} by {head.pin.get('actor')}; unpin it first"
         hashes = {row.patch_hash, legacy_patch_hash(row.patch)}
         until = max((head.blocked[h] for h in hashes if h in head.blocked), default=None)
-        if in_flight is not None and in_flight.state == State.ROLLED_BACK and in_flight.patch_hash in hashes:
+        if in_flight is not None and in_flight.state == State.ROLLED_BACK and in_flight.cooldown \
+                and in_flight.patch_hash in hashes:
             # the head's block may not be written yet: a rollback commits its row first
             until = max(until or 0.0, in_flight.updated + in_flight.rollout_policy.cooldown_hours * 3600)
         if until is not None and until > now:

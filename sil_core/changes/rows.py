@@ -77,6 +77,8 @@ class ChangeRow(InState):
     watch_alerted: float | None = None
     snapshot_promoted: list | None = None
     watch_baseline: list | None = None
+    #: ``False`` for a change rolled back without refusing its patch afterwards (superseded)
+    cooldown: bool = True
     #: how routing keys are hashed to arms (``routing.bucket``); rows from before it: crc32
     key_hash: str = "crc32"
     #: keys of the stored row this release does not know (kept, written back)
