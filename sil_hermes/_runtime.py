@@ -62,8 +62,11 @@ class Runtime:
         self.adapter = SkillConfigAdapter()
         self.turns: Dict[str, Turn] = {}
         self.pending: Dict[Tuple[Optional[str], str], Tuple[dict, str]] = {}
-        self.current: Dict[str, str] = {}  # skill -> version last seen on disk
-        self.blocked: Dict[str, Dict[str, str]] = {}  # skill -> {version: reason}
+        self.current: Dict[str, str] = {}  # skill -> version last seen on disk (records only)
+        self.blocked: Dict[str, Dict[str, str]] = {}  # skill -> {rolled-back candidate version: reason}
+        self.active: Dict[str, Optional[str]] = {}  # skill -> its active version (skills in ``blocked``)
+        self.rolled: Dict[str, Tuple[str, str, str]] = {}  # skill -> (change id, restored version, reason)
+        self.noticed: set = set()  # ids of the rollbacks this process told the model about
         self.owned: set = set()  # sessions a SkillGuard.call records itself (outer layer wins)
         self._refreshed = 0.0
         self.touched: set = set()  # targets this process recorded turns of (judged at exit)
@@ -76,7 +79,7 @@ class Runtime:
         self.guard = guard
         if adapter is not None:
             self.adapter = adapter
-        self._refreshed = 0.0
+        self._refreshed = 0.0  # never: the next view re-reads the rollbacks first
         self._hook_exit()
 
     def _hook_exit(self) -> None:
@@ -135,11 +138,32 @@ class Runtime:
         self.worker.submit(("blocked", skill, self.current.get(skill), session))
 
     def block_reason(self, skill: str) -> Optional[str]:
+        """Why a ``skill_view`` of the skill must be blocked now, else ``None``: the version
+        on disk now is the candidate of a rolled-back change and not the active version
+        (a person may restore it: ``sil hermes rollback --to``). Re-reads the rollbacks
+        when they are older than ``QUARANTINE_REFRESH_S`` (or were never read in this
+        process); reads the disk only for a skill that has rolled-back versions."""
+        self.refresh_quarantine(first=True)
         versions = self.blocked.get(skill)
         if not versions:
             return None
-        version = self.current.get(skill)
-        return versions.get(version) if version else None
+        version = self.version_on_disk(skill)
+        if version == self.active.get(skill):
+            return None
+        return versions.get(version)
+
+    def notice(self, skill: str) -> Optional[str]:
+        """A short note for the model on the first load of a skill after its rollback (once
+        per rollback and process): which version was restored, and why."""
+        got = self.rolled.get(skill)
+        if got is None or got[0] in self.noticed or self.current.get(skill) != got[1]:
+            return None
+        with self._lock:
+            if got[0] in self.noticed:
+                return None
+            self.noticed.add(got[0])
+        return (f"sil-guard: skill '{skill}' was rolled back to version {got[1]} because its last edit "
+                f"regressed ({got[2]}). Do not make the same edit again.")
 
     def loaded(self, session: Optional[str], skill: str, source: str, duration_ms: int = 0) -> None:
         load = Load(skill, source, duration_ms)
@@ -171,7 +195,7 @@ class Runtime:
             predicted = _predict(before, args)
             if predicted is not None:
                 version = config_version(predicted)
-                if version in versions:
+                if version in versions and version != self.active.get(skill):
                     return f"version {version} ({versions[version]})"
         with self._lock:
             if len(self.pending) >= MAX_OPEN:
@@ -306,20 +330,37 @@ class Runtime:
                          context={"session_id": session, "source": load.source, "content_version": load.version,
                                   "load_ms": load.duration_ms, "tool_errors": turn.errors})
 
-    def refresh_quarantine(self, force: bool = False) -> None:
-        """Re-read which versions were rolled back (at most every few seconds)."""
+    def refresh_quarantine(self, force: bool = False, first: bool = False) -> None:
+        """Re-read which versions were rolled back, and the active version of their skills
+        (at most every ``QUARANTINE_REFRESH_S``; ``force``: now; ``first``: also when never
+        read in this process, opening the guard if needed)."""
         now = _mono()
-        if self.guard is None or (not force and now - self._refreshed < QUARANTINE_REFRESH_S):
+        never = not self._refreshed
+        if not force and not never and now - self._refreshed < QUARANTINE_REFRESH_S:
+            return
+        guard = self._guard() if first and never else self.guard
+        if guard is None:
             return
         self._refreshed = now
         blocked: Dict[str, Dict[str, str]] = {}
-        for change in self.guard.changes():
-            if change.state == State.ROLLED_BACK and change.target.startswith("hermes:"):
-                reason = (change.verdict.reason if change.verdict else "") or change.reason or "it regressed"
+        latest: Dict[str, Any] = {}
+        for change in guard.changes():
+            if not change.target.startswith("hermes:"):
+                continue
+            latest[change.target] = change
+            if change.state == State.ROLLED_BACK:
+                reason = _reason(change)
                 if reason == SUPERSEDED:  # replaced by a newer edit, not found to regress
                     continue
                 blocked.setdefault(skill_of(change.target), {})[change.candidate_version] = reason
-        self.blocked = blocked
+        rolled = {skill_of(t): (c.id, c.baseline_version, _reason(c)) for t, c in latest.items()
+                  if c.state == State.ROLLED_BACK and _reason(c) != SUPERSEDED}
+        active = {skill: guard.view(target_for(skill), fresh=True).active for skill in blocked}
+        self.blocked, self.active, self.rolled = blocked, active, rolled
+
+
+def _reason(change: Any) -> str:
+    return (change.verdict.reason if change.verdict else "") or change.reason or "it regressed"
 
 
 def _predict(before: dict, args: dict) -> Optional[dict]:

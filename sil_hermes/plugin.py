@@ -1,6 +1,6 @@
 """The Hermes plugin (entry point ``hermes_agent.plugins``: ``sil = sil_hermes.plugin``).
 
-``register(ctx)`` wires four hooks. Each accepts ``**kwargs``, never raises (an error is
+``register(ctx)`` wires five hooks. Each accepts ``**kwargs``, never raises (an error is
 reported through ``sil_core.integration.report`` and the tool call goes on), is
 thread-safe and queues its bookkeeping to a background worker:
 
@@ -12,11 +12,15 @@ thread-safe and queues its bookkeeping to a background worker:
   write into a guarded change (writer: foreground or background review; a created skill
   becomes its first version; an edit while a change is in flight supersedes it; an edit
   the guard refuses is undone on disk), counts tool errors of the turn.
+* ``transform_tool_result``: on the first ``skill_view`` of a skill after its rollback
+  (once per rollback and process), adds a short ``sil_guard`` notice to the result: the
+  version restored and why, so the model does not make the same edit again.
 * ``pre_llm_call``: counts slash-command skill invocations as loads.
 * ``on_session_end``: closes the turn and records its outcome against every skill
   version it loaded.
 """
 
+import json
 from typing import Any, Optional
 
 from sil_core.integration import report
@@ -24,7 +28,8 @@ from sil_core.integration import report
 from ._runtime import runtime
 from .skills import skill_of
 
-__all__ = ("drain", "on_session_end", "post_tool_call", "pre_llm_call", "pre_tool_call", "register")
+__all__ = ("drain", "on_session_end", "post_tool_call", "pre_llm_call", "pre_tool_call", "register",
+           "transform_tool_result")
 
 _SKILL_TOOLS = ("skill_view", "skill_manage")
 
@@ -84,6 +89,33 @@ def post_tool_call(tool_name: str = "", args: Any = None, status: str = "", dura
         report("hermes.post_tool_call", exc)
 
 
+def transform_tool_result(tool_name: str = "", args: Any = None, result: Any = None, status: str = "",
+                          **_: Any) -> Optional[str]:
+    """Tell the model, once per rollback, that the skill it just loaded was rolled back."""
+    if tool_name != "skill_view" or status != "ok" or not isinstance(result, str):
+        return None
+    try:
+        name = _skill_arg(args)
+        if not name or (args or {}).get("file_path"):
+            return None
+        rt = runtime()
+        if name not in rt.rolled:
+            return None
+        try:
+            body = json.loads(result)
+        except ValueError:
+            body = None
+        note = rt.notice(name)
+        if note is None:
+            return None
+        if isinstance(body, dict):
+            return json.dumps({"sil_guard": note, **body}, ensure_ascii=False)
+        return f"{note}\n\n{result}"
+    except Exception as exc:
+        report("hermes.transform_tool_result", exc)
+    return None
+
+
 def pre_llm_call(user_message: Any = None, session_id: Optional[str] = None, **_: Any) -> None:
     """Count the skills a ``/skill`` slash command loaded into this turn."""
     try:
@@ -107,7 +139,7 @@ def on_session_end(session_id: Optional[str] = None, completed: Any = None, inte
 def register(ctx: Any) -> None:
     """Hermes' plugin entry point: register the hooks."""
     for name, fn in (("pre_tool_call", pre_tool_call), ("post_tool_call", post_tool_call),
-                     ("pre_llm_call", pre_llm_call), ("on_session_end", on_session_end)):
+                     ("transform_tool_result", transform_tool_result), ("pre_llm_call", pre_llm_call), ("on_session_end", on_session_end)):
         ctx.register_hook(name, fn)
 
 

@@ -34,7 +34,8 @@ def attach(guard):
 def test_the_entry_point_plugin_is_loaded_with_its_hooks(plugin_manager):
     plugin = plugin_manager._plugins["sil"]
     assert plugin.enabled and plugin.error is None
-    assert set(plugin.hooks_registered) == {"pre_tool_call", "post_tool_call", "pre_llm_call", "on_session_end"}
+    assert set(plugin.hooks_registered) == {"pre_tool_call", "post_tool_call", "transform_tool_result", "pre_llm_call",
+                                         "on_session_end"}
 
 
 def test_a_skill_manage_write_becomes_a_guarded_change_by_the_foreground(home, guard):
