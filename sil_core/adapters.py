@@ -33,7 +33,13 @@ __all__ = ("ConfigAdapter", "DictConfigAdapter", "JsonFileConfigAdapter", "merge
 
 @runtime_checkable
 class ConfigAdapter(Protocol):
-    """What the guard needs to read, change and restore a target's config."""
+    """What the guard needs to read, change and restore a target's config.
+
+    Two optional methods refine a rollback (``docs/lifecycle.md``): ``remember(spec)``
+    takes the adapter's stored spec before a restore in another process, and
+    ``is_restored(agent_id, backup_config) -> bool`` replaces the check that
+    ``get_config`` equals the backup afterwards (for an adapter that keeps edits made
+    outside the guard)."""
 
     def get_config(self, agent_id: str) -> dict: ...
 

@@ -63,6 +63,8 @@ def rollback(store, skill: str, adapter: SkillConfigAdapter, to: Optional[str] =
             adapter.remember(latest.adapter_spec)
         done = []
         if latest is not None and latest.in_flight:
+            if isinstance(latest.patch.get("config"), dict):  # restore only the keys it changed
+                adapter.note_candidate(target, {"config": latest.patch["config"]})
             if not guard.rollback(target, actor="cli:hermes"):
                 return f"{skill}: rollback of change {latest.id} not done (another worker holds it)"
             done.append(f"rolled back change {latest.id} to {latest.baseline_version}")

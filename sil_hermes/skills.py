@@ -20,7 +20,7 @@ from sil_core.adapters import merge_patch
 
 from . import _compat
 from ._configkeys import declared_keys, digest, parse_yaml, read_keys, write_keys
-from ._skillfiles import find_skill_dir, read_files, replace_dir
+from ._skillfiles import find_skill_dir, read_files, replace_dir, text_of
 
 __all__ = ("SkillConfigAdapter", "skill_of", "target_for")
 
@@ -52,6 +52,8 @@ class SkillConfigAdapter:
         self._home = Path(hermes_home) if hermes_home is not None else None
         self._raw: Dict[str, bytes] = {}  # digest -> bytes of config.yaml seen, oldest first
         self._lock = threading.RLock()
+        self._candidates: Dict[str, Dict[str, Any]] = {}  # skill -> config keys of its last change
+        self._kept: Dict[str, set] = {}  # skill -> keys its last restore left as set by hand
 
     @property
     def home(self) -> Path:
@@ -69,19 +71,40 @@ class SkillConfigAdapter:
         folder = find_skill_dir(self.home / "skills", skill_of(agent_id))
         files = read_files(folder)
         raw = self._read_yaml()
-        keys = declared_keys(files.get("SKILL.md", "")) if isinstance(files.get("SKILL.md"), str) else []
+        skill_md = text_of(files.get("SKILL.md"))
+        keys = declared_keys(skill_md) if skill_md else []
         return {"files": files, "config": read_keys(parse_yaml(raw) or {}, keys) if keys else {}}
 
     def apply_config(self, agent_id: str, config_patch: dict) -> bool:
         """Write the skill patched with ``config_patch`` (a shallow update of its dict)."""
         with self._lock:
-            self._write(agent_id, merge_patch(self.get_config(agent_id), config_patch))
+            config = merge_patch(self.get_config(agent_id), config_patch)
+            self._write(agent_id, config)
+            self.note_candidate(agent_id, config)
         return True
 
     def rollback_config(self, agent_id: str, backup_config: dict) -> None:
-        """Restore exactly ``backup_config``: folder, config keys, and Hermes' caches."""
+        """Restore ``backup_config``: the folder exactly, Hermes' caches, and the config keys
+        the last change wrote. A key whose value is no longer the one that change gave it
+        (set by hand since) is left as it is; without a known change, every key is restored."""
         with self._lock:
-            self._write(agent_id, backup_config)
+            self._write(agent_id, backup_config, self._candidates.get(skill_of(agent_id)))
+
+    def is_restored(self, agent_id: str, backup_config: dict) -> bool:
+        """Whether the skill is back at ``backup_config``: the same files, and every config
+        key at its backup value or kept by the last restore (set by hand since the change)."""
+        with self._lock:
+            kept = self._kept.get(skill_of(agent_id), set())
+        now = self.get_config(agent_id)
+        backup = dict(backup_config.get("config") or {})
+        have = dict(now["config"])
+        return now["files"] == (backup_config.get("files") or {}) and all(
+            have.get(k) == backup.get(k) for k in set(have) | set(backup) if k not in kept)
+
+    def note_candidate(self, agent_id: str, config: dict) -> None:
+        """Record the config a change wrote (what a rollback of it restores from)."""
+        with self._lock:
+            self._candidates[skill_of(agent_id)] = copy.deepcopy(dict(config.get("config") or {}))
 
     def spec(self) -> Dict[str, Any]:
         """How to rebuild this adapter in another process (``sil hermes rollback``),
@@ -120,14 +143,27 @@ class SkillConfigAdapter:
                 self._raw.pop(next(iter(self._raw)))
         return raw
 
-    def _write(self, agent_id: str, config: dict) -> None:
+    def _write(self, agent_id: str, config: dict, candidate: Optional[Dict[str, Any]] = None) -> None:
         current = self.get_config(agent_id)
         files = config.get("files") or {}
         if files != current["files"]:
             replace_dir(self.skill_dir(agent_id), copy.deepcopy(files), self.home / "sil" / "staging")
         wanted = dict(config.get("config") or {})
-        stale = set(current["config"]) - set(wanted)
-        if wanted != current["config"]:
+        have = dict(current["config"])
+        kept = set()
+        if candidate is not None:  # only the keys still as the change left them
+            missing = object()
+            for key in set(wanted) | set(have):
+                if have.get(key, missing) != candidate.get(key, missing):
+                    kept.add(key)
+                    if key in have:
+                        wanted[key] = have[key]
+                    else:
+                        wanted.pop(key, None)
+        with self._lock:
+            self._kept[skill_of(agent_id)] = kept
+        stale = set(have) - set(wanted)
+        if wanted != have:
             with self._lock:
                 seen = dict(self._raw)
             write_keys(self.home / "config.yaml", wanted, stale, seen)
@@ -143,6 +179,7 @@ class EditedSkill:
     def __init__(self, adapter: SkillConfigAdapter, before: dict) -> None:
         self.adapter = adapter
         self._before: Optional[dict] = before
+        self._baseline = copy.deepcopy(before)
         self._applied = False
 
     def get_config(self, agent_id: str) -> dict:
@@ -153,6 +190,7 @@ class EditedSkill:
         self._before = None  # after a write through the adapter, the disk is the truth
         if not self._applied:
             self._applied = True
+            self.adapter.note_candidate(agent_id, merge_patch(self._baseline, config_patch))
             return True
         return self.adapter.apply_config(agent_id, config_patch)
 

@@ -97,7 +97,12 @@ class Actions:
                 remember(row.adapter_spec)
         try:
             adapter.rollback_config(agent_id=target, backup_config=copy.deepcopy(row.backup))
-            if adapter.get_config(agent_id=target) != row.backup:
+            is_restored = getattr(adapter, "is_restored", None)
+            if callable(is_restored):
+                ok = bool(is_restored(agent_id=target, backup_config=copy.deepcopy(row.backup)))
+            else:
+                ok = adapter.get_config(agent_id=target) == row.backup
+            if not ok:
                 return "after rollback_config the adapter still reports a different config"
         except Exception as exc:
             return repr(exc)
