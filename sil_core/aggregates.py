@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from .metrics import MetricStats, add_moments, add_value
 from .records import CallRecord, Outcome
 
 __all__ = ("ALL_TIME", "BUCKET_S", "Cell", "CellKey", "Stats", "cells_for", "feedback_delta", "wilson")
@@ -67,6 +68,8 @@ class Cell:
     #: added in storage format 2, so cells written before hold 0
     n_retried: int = 0
     hist: dict[int, int] = field(default_factory=dict)
+    #: metric name -> its moments (``sil_core.metrics.MOMENTS``)
+    metrics: dict[str, list[float]] = field(default_factory=dict)
 
     def add(self, other: "Cell", sign: int = 1) -> "Cell":
         """Add (or with ``sign=-1`` subtract) ``other`` into this cell; returns self."""
@@ -79,23 +82,28 @@ class Cell:
                 hist[b] = v
             else:
                 hist.pop(b, None)
+        if other.metrics:
+            add_moments(self.metrics, other.metrics, sign)
         return self
 
     def is_zero(self) -> bool:
-        return not self.hist and all(not getattr(self, name) for name in FIELDS)
+        return not self.hist and not self.metrics and all(not getattr(self, name) for name in FIELDS)
 
     def values(self) -> tuple:
         return tuple(getattr(self, name) for name in FIELDS)
 
     @classmethod
-    def from_values(cls, values: Iterable, hist: dict[int, int] | None = None) -> "Cell":
+    def from_values(cls, values: Iterable, hist: dict[int, int] | None = None,
+                    metrics: dict[str, list[float]] | None = None) -> "Cell":
         cell = cls(*values)
         if hist:
             cell.hist = dict(hist)
+        if metrics:
+            cell.metrics = {name: list(m) for name, m in metrics.items()}
         return cell
 
     def copy(self) -> "Cell":
-        return Cell.from_values(self.values(), self.hist)
+        return Cell.from_values(self.values(), self.hist, self.metrics)
 
     def quantile(self, q: float) -> float | None:
         """The ``q`` quantile of successful calls' latency, from the histogram."""
@@ -136,6 +144,9 @@ def add_record(cell: Cell, record: CallRecord) -> None:
         cell.score_n += 1
         cell.score_sum += s
         cell.score_sumsq += s * s
+    if record.metrics or record.feedback_metrics or score is not None:
+        for name, value in record.effective_metrics.items():
+            add_value(cell.metrics, name, value)
 
 
 def contribution(record: CallRecord) -> Cell:
@@ -219,6 +230,8 @@ class Stats:
     attempt_errors: int = 0
     #: failed attempts that the framework ran again (``Outcome.RETRIED``)
     retried: int = 0
+    #: every metric the calls carry (``score``, ``tokens_in``, ...): n, mean, 95 % interval
+    metrics: dict[str, MetricStats] = field(default_factory=dict)
 
     @classmethod
     def from_cell(cls, target: str, cell: Cell) -> "Stats":
@@ -240,6 +253,7 @@ class Stats:
             score_n=cell.score_n,
             attempt_errors=cell.n_error,
             retried=cell.n_retried,
+            metrics={name: MetricStats.from_moments(name, m) for name, m in sorted(cell.metrics.items()) if m[0] > 0},
         )
 
 

@@ -36,19 +36,28 @@ class CallInfo:
     ``config`` is the config of the version serving the call: the arm's during a change;
     before a target's first change, what its adapter holds (read when asked for), or
     ``None`` without an adapter. ``call_id`` is the id the call's record will carry, for
-    :meth:`Guard.feedback <sil_core.Guard.feedback>` (made when first asked for)."""
+    :meth:`Guard.feedback <sil_core.Guard.feedback>` (made when first asked for).
+    ``metrics`` is the call's dict of numeric metrics (``metrics["tokens_out"] = 812``),
+    recorded with the call (see ``sil_core.metrics``)."""
 
-    __slots__ = ("target", "version", "arm", "_config", "_id")
+    __slots__ = ("target", "version", "arm", "_config", "_id", "_metrics")
 
     def __init__(self, target: str, version: str | None, arm: str | None,
                  config: dict | Callable[[], dict | None] | None, call_id: str | None = None) -> None:
         # ``config`` may be a function that reads it when asked for (a target without versions)
         self.target, self.version, self.arm, self._config, self._id = target, version, arm, config, call_id
+        self._metrics: dict | None = None
 
     @property
     def config(self) -> dict | None:
         config = self._config
         return config() if callable(config) else config
+
+    @property
+    def metrics(self) -> dict:
+        if self._metrics is None:
+            self._metrics = {}
+        return self._metrics
 
     @property
     def call_id(self) -> str:
@@ -201,7 +210,8 @@ class CallHandle:
     """One call being recorded: ``with guard.call("t") as call:`` or ``async with``.
 
     Set ``call.success = False`` to record a failure without raising, ``call.score`` for a
-    quality score, ``call.latency_s`` to record a latency measured elsewhere (a value that
+    quality score, ``call.metrics["name"] = value`` for any numeric metric (tokens, cost;
+    the same dict as ``current_call().metrics``), ``call.latency_s`` to record a latency measured elsewhere (a value that
     is not a finite number, or a negative latency, is dropped and counted: the measured
     latency and no score are recorded instead). Read
     ``call.call_id`` (for later ``guard.feedback``), ``call.version``, ``call.arm`` and
@@ -212,7 +222,7 @@ class CallHandle:
     """
 
     __slots__ = ("guard", "target", "context", "success", "score", "latency_s", "call_id",
-                 "version", "arm", "_config", "_route", "_token", "_ts", "_t0")
+                 "version", "arm", "metrics", "_config", "_route", "_token", "_ts", "_t0")
 
     def __init__(self, guard: "Guard", target: str, context: Any = None, key: Any = None) -> None:
         self.guard = guard
@@ -224,8 +234,10 @@ class CallHandle:
         self.call_id = new_id()
         self._route, self._token = guard._start_call(target, key)
         info = _current.get()
+        self.metrics: dict = {}
         if self._token is not None and info is not None:
             info._id = self.call_id  # current_call().call_id inside the block is this call's
+            info._metrics = self.metrics
         self.version, self.arm, self._config = self._route if self._route else (None, None, None)
         self._ts = self._t0 = 0.0
 
@@ -246,7 +258,8 @@ class CallHandle:
         score = finite(self.score, "call.score")
         ok = True if self.success is None or self.success else MARKED_FAILED
         return self.guard._finish(self.target, self._ts, measured if duration is None else duration, exc, ok,
-                                  self._route, self._token, self.call_id, self.context, score)
+                                  self._route, self._token, self.call_id, self.context, score,
+                                  metrics=self.metrics or None)
 
     def __exit__(self, et, exc, tb) -> bool:
         self.guard._put(self._record(exc))

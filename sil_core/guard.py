@@ -43,7 +43,8 @@ from .health import Health
 from .notify import Notifier
 from .policy import RolloutPolicy
 from .records import CallRecord, Feedback, Outcome
-from .recorder import HotPath, Recorder
+from .metrics import clean_metrics
+from .recorder import HotPath, Recorder, split_score
 from .routing import TargetView
 from .store import Store, open_store
 from .thresholds import AdaptiveThreshold
@@ -227,12 +228,13 @@ class Guard(ChangeControl, AsyncControl):
         score: float | None = None,
         ts: datetime | float | None = None,
         outcome: str | None = None,
+        metrics: dict[str, float] | None = None,
     ) -> str:
         """Record a call made elsewhere (an import, a replay); returns its call id.
 
         A latency that is not a finite number >= 0, or a time that is not finite, makes the
         record unusable: it is dropped and counted (``guard.health()``), never raised; a
-        score that is not finite is dropped from the record."""
+        score or a metric that is not finite is dropped from the record."""
         if outcome is not None and outcome not in Outcome.ALL:
             raise ConfigError(f"unknown outcome {outcome!r}; use one of {Outcome.ALL}")
         call_id = new_id()
@@ -240,26 +242,29 @@ class Guard(ChangeControl, AsyncControl):
         when = _now() if ts is None else finite(_to_epoch(ts), "guard.record ts (record dropped)")
         if latency is None or when is None:
             return call_id
+        values, score = split_score(clean_metrics(metrics, "guard.record metrics"), finite(score, "guard.record score"))
         record = CallRecord(
             call_id, target, when, latency, outcome or (_OK if success else _ERROR), error_type, error_message,
-            version, arm, 1, finite(score, "guard.record score"), dict(context) if isinstance(context, dict) else context,
+            version, arm, 1, score, dict(context) if isinstance(context, dict) else context, metrics=values,
         )
         self._put(record)
         return call_id
 
-    def feedback(self, call_id: str, *, success: bool | None = None, score: float | None = None) -> None:
-        """Late feedback on a call; it overrides that call's success (or score) everywhere.
+    def feedback(self, call_id: str, *, success: bool | None = None, score: float | None = None,
+                 metrics: dict[str, float] | None = None) -> None:
+        """Late feedback on a call; it overrides that call's success, score or metrics
+        everywhere (an evaluator's score, a user's thumbs-down, a bill's cost).
 
         Any worker sharing the store may take it, before or after the call's record is
-        written (it waits in the store for the record); per field, the feedback given last
-        wins. A score that is not a finite number is dropped and counted."""
-        if success is None and score is None:
-            raise ConfigError("feedback needs success= or score=")
-        value = finite(score, "feedback score")
-        if success is None and value is None:
-            return  # its only value was not a number: dropped and counted
+        written (it waits in the store for the record); per field (and per metric), the
+        feedback given last wins. A value that is not a finite number is dropped and counted."""
+        if success is None and score is None and metrics is None:
+            raise ConfigError("feedback needs success=, score= or metrics=")
+        values, value = split_score(clean_metrics(metrics, "feedback metrics"), finite(score, "feedback score"))
+        if success is None and value is None and not values:
+            return  # its only values were not numbers: dropped and counted
         # given now: per field, the feedback given last wins, whichever worker writes it first
-        self._put(Feedback(call_id, None if success is None else bool(success), value, _now()))
+        self._put(Feedback(call_id, None if success is None else bool(success), value, _now(), values))
 
     # -- reading -------------------------------------------------------------------------
     def stats(self, target: str, *, version: str | None = None, since: datetime | timedelta | float | None = None) -> Stats:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from ._internal.failopen import report
 from ._internal.jsonsafe import error_message
 from .calls import CallInfo, _current, _last
+from .metrics import clean_metrics
 from .outcomes import classify_exception
 from .records import CallRecord, Feedback, Outcome
 
@@ -68,7 +69,7 @@ class HotPath:
 
     def finish(self, target: str, ts: float, duration: float, exc: BaseException | None, ok: Any,
                route: tuple | None, token: Any, call_id: str | None = None, context: Any = None,
-               score: float | None = None, attempt: int = 1) -> CallRecord | None:
+               score: float | None = None, attempt: int = 1, metrics: dict | None = None) -> CallRecord | None:
         """Build the record of a finished call (never raises)."""
         try:
             if token is not None:
@@ -78,19 +79,24 @@ class HotPath:
                     # that an id the caller asks for later (last_call().call_id) is the record's
                     call_id = call_id or info._id or info
                     _last.set(info)
+                    if info._metrics and info._metrics is not metrics:
+                        metrics = {**info._metrics, **metrics} if metrics else info._metrics
                 try:
                     _current.reset(token)
                 except ValueError:  # reset from another context (a generator resumed elsewhere)
                     pass
             version, arm = (route[0], route[1]) if route else (None, None)
+            if metrics:
+                metrics, score = split_score(clean_metrics(metrics, "call.metrics"), score)
             if exc is None:
                 if ok is True:  # the id of a decorated call is assigned off the hot path
                     return CallRecord(call_id, target, ts, duration, _OK, None, None, version, arm, attempt, score,
-                                      context)
+                                      context, metrics=metrics)
                 outcome, etype, msg = _ERROR, ok, None
             else:
                 outcome, etype, msg = classify_exception(exc), type(exc).__name__, error_message(exc)
-            return CallRecord(call_id, target, ts, duration, outcome, etype, msg, version, arm, attempt, score, context)
+            return CallRecord(call_id, target, ts, duration, outcome, etype, msg, version, arm, attempt, score, context,
+                              metrics=metrics)
         except Exception as err:
             report("guard.record", err)
             return None
@@ -112,6 +118,16 @@ class HotPath:
                 self.writer.put(item)
         except Exception as exc:
             report("guard.record", exc)
+
+
+def split_score(metrics: dict[str, float] | None, score: float | None) -> tuple[dict | None, float | None]:
+    """``(metrics without "score", score)``: a ``score`` metric is the call's score (an
+    explicit ``score=`` wins)."""
+    if metrics and "score" in metrics:
+        metrics = dict(metrics)
+        value = metrics.pop("score")
+        return metrics or None, score if score is not None else value
+    return metrics, score
 
 
 class Recorder:
@@ -151,17 +167,19 @@ class Recorder:
 
     def end(self, begun: Begun | None, ts: float, duration: float, exc: BaseException | None = None,
             ok: Any = True, *, attempt: int = 1, call_id: str | None = None, context: Any = None,
-            score: float | None = None) -> CallRecord | None:
+            score: float | None = None, metrics: dict | None = None) -> CallRecord | None:
         """The record of a call that started at ``ts`` (epoch seconds) and took ``duration``
         seconds: raised ``exc``, or returned and judged ``ok`` (``True``, or the failure's
         error type as a string). ``begun`` is what :meth:`begin` returned, or ``None`` for
         a call of the fast lane (not routed). ``call_id`` gives the record an id of your
-        own (for feedback); ``attempt`` is the framework's attempt number. The record may be
+        own (for feedback); ``attempt`` is the framework's attempt number; ``metrics`` the
+        call's numeric metrics (merged with ``current_call().metrics``). The record may be
         adjusted before :meth:`put` (e.g. ``record.outcome = Outcome.RETRIED`` for an
         attempt the framework will retry). ``None`` if it could not be built (reported;
         ``put(None)`` does nothing)."""
         route, token = begun or (None, None)
-        return self._hot.finish(self.target, ts, duration, exc, ok, route, token, call_id, context, score, attempt)
+        return self._hot.finish(self.target, ts, duration, exc, ok, route, token, call_id, context, score, attempt,
+                                metrics)
 
     def put(self, record: CallRecord | None) -> None:
         """Queue a record (with ``durability="sync"``, wait until it is committed)."""

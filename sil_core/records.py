@@ -58,6 +58,10 @@ class CallRecord:
     feedback_score: float | None = None
     feedback_success_ts: float | None = None
     feedback_score_ts: float | None = None
+    #: the call's numeric metrics (``sil_core.metrics``); ``score`` stays in ``score``
+    metrics: dict[str, float] | None = None
+    #: late metric values: name -> ``[value, ts given]``; each overrides the call's own
+    feedback_metrics: dict[str, list] | None = None
 
     @property
     def success(self) -> bool | None:
@@ -75,6 +79,21 @@ class CallRecord:
     def effective_score(self) -> float | None:
         """The feedback score if given, else the score recorded with the call."""
         return self.feedback_score if self.feedback_score is not None else self.score
+
+    @property
+    def effective_metrics(self) -> dict[str, float]:
+        """The metrics every statistic sees: the call's own, late values overriding them,
+        and ``score`` (the effective score) when there is one."""
+        out = dict(self.metrics) if self.metrics else {}
+        if self.feedback_metrics:
+            for name, (value, _ts) in self.feedback_metrics.items():
+                out[name] = value
+        score = self.effective_score
+        if score is not None:
+            out["score"] = float(score)
+        else:
+            out.pop("score", None)
+        return out
 
     @property
     def timestamp(self) -> datetime:
@@ -107,6 +126,8 @@ class CallRecord:
             "context": self.context_value(),
             "feedback_success": self.feedback_success,
             "feedback_score": self.feedback_score,
+            **({"metrics": self.metrics} if self.metrics else {}),
+            **({"feedback_metrics": self.feedback_metrics} if self.feedback_metrics else {}),
         }
 
     @classmethod
@@ -130,6 +151,8 @@ class CallRecord:
             context=None if context is None else json.dumps(context, ensure_ascii=False, separators=(",", ":")),
             feedback_success=data.get("feedback_success"),
             feedback_score=data.get("feedback_score"),
+            metrics=data.get("metrics") or None,
+            feedback_metrics=data.get("feedback_metrics") or None,
         )
 
 
@@ -145,6 +168,8 @@ class Feedback:
     success: bool | None = None
     score: float | None = None
     ts: float | None = None
+    #: late metric values (each overrides the call's own value of that metric)
+    metrics: dict[str, float] | None = None
 
 
 def format_ts(ts: float) -> str:

@@ -105,6 +105,8 @@ class Pending:
     score: float | None = None
     score_ts: float | None = None
     received: float = 0.0
+    #: metric name -> ``[value, ts given]``
+    metrics: dict[str, list] | None = None
 
     def as_feedback(self) -> list[Feedback]:
         """The pending fields as feedback, each with the time it was given."""
@@ -113,6 +115,8 @@ class Pending:
             out.append(Feedback(self.call_id, success=self.success, ts=self.success_ts))
         if self.score is not None:
             out.append(Feedback(self.call_id, score=self.score, ts=self.score_ts))
+        for name, (value, ts) in (self.metrics or {}).items():
+            out.append(Feedback(self.call_id, ts=ts, metrics={name: value}))
         return out
 
 
@@ -134,10 +138,26 @@ def apply_feedback(record: CallRecord, fb: Feedback, now: float | None = None) -
         fs, fs_ts = bool(fb.success), ts
     if fb.score is not None and _replaces(ts, sc, sc_ts):
         sc, sc_ts = float(fb.score), ts
-    if (fs, fs_ts, sc, sc_ts) == (record.feedback_success, record.feedback_success_ts,
-                                  record.feedback_score, record.feedback_score_ts):
+    fm = _merge_metrics(record.feedback_metrics, fb.metrics, ts)
+    if (fs, fs_ts, sc, sc_ts, fm) == (record.feedback_success, record.feedback_success_ts,
+                                      record.feedback_score, record.feedback_score_ts, record.feedback_metrics):
         return record
-    return replace(record, feedback_success=fs, feedback_score=sc, feedback_success_ts=fs_ts, feedback_score_ts=sc_ts)
+    return replace(record, feedback_success=fs, feedback_score=sc, feedback_success_ts=fs_ts, feedback_score_ts=sc_ts,
+                   feedback_metrics=fm)
+
+
+def _merge_metrics(current: dict[str, list] | None, given: dict[str, float] | None,
+                   ts: float | None) -> dict[str, list] | None:
+    """``current`` late metric values with ``given`` (at ``ts``) merged in, newer winning
+    per name; ``current`` itself when nothing changes."""
+    if not given:
+        return current
+    out = dict(current) if current else {}
+    for name, value in given.items():
+        old = out.get(name)
+        if old is None or _replaces(ts, old[0], old[1]):
+            out[name] = [float(value), ts]
+    return out if out != current else current
 
 
 def fold_pending(record: CallRecord, pending: Pending | None) -> CallRecord:
@@ -156,6 +176,7 @@ def merge_pending(pending: Pending | None, fb: Feedback, now: float) -> Pending:
         out.success, out.success_ts = bool(fb.success), ts
     if fb.score is not None and _replaces(ts, out.score, out.score_ts):
         out.score, out.score_ts = float(fb.score), ts
+    out.metrics = _merge_metrics(out.metrics, fb.metrics, ts)
     out.received = max(out.received, now)
     return out
 
@@ -170,7 +191,7 @@ class Judged:
 
     def known(self, record: CallRecord) -> None:
         """The state the caller knew (a new record as given, a stored one before the batch)."""
-        self._before.setdefault(record.id, (record.success, record.effective_score))
+        self._before.setdefault(record.id, (record.success, record.effective_score, record.effective_metrics))
 
     def now(self, record: CallRecord) -> None:
         """The record's state after (part of) the batch."""
@@ -179,7 +200,7 @@ class Judged:
     def changed(self) -> list[CallRecord]:
         before = self._before
         return [r for cid, r in self._after.items()
-                if cid in before and (r.success, r.effective_score) != before[cid]]
+                if cid in before and (r.success, r.effective_score, r.effective_metrics) != before[cid]]
 
 
 def prune_order(pending: Iterable[Pending], cutoff: float, limit: int) -> tuple[list[Pending], set[str]]:
