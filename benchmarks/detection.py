@@ -42,6 +42,12 @@ matching rule rolls back: (1) ``before_sr > 0 and before_sr - after_sr > 0.10``;
 window ends in >= 5 consecutive failures. Horizon: 1,000 after-calls. Calls to detect =
 after-calls at the rollback.
 
+Quality and cost. In the scenarios that carry them, each call also has an evaluator's
+score, ``N(score, 0.15)`` clipped to [0, 1], and a token count, log-normal with median
+``tokens`` and log-sigma 0.4 (``tokens_out``); sil-guard judges them with the default
+guardrails (score higher-is-better within 0.05, tokens lower-is-better within +20 %),
+each taking its share of alpha. The seed has no rule for either.
+
 Outage after promotion. A neutral change (p 0.95, sigma 0.3) runs its course; then 500
 normal calls and an outage of 10 consecutive failures. sil-guard stops judging a change
 once it is promoted (design §5), so the outage cannot roll it back; the rate is over the
@@ -55,7 +61,8 @@ rate counts rollbacks decided on a call of the outage.
 Targets: <= 5 % false rollbacks in every neutral scenario; 0.95 -> 0.80 caught in >= 95 % of
 runs within 150 candidate calls; latency +50 % (sigma 0.3) caught in >= 95 % within 100
 (sigma 0.6 reported against the same bar); 100 % failure caught within 5 candidate calls
-in >= 95 % of runs; no rollback caused by an outage after promotion.
+in >= 95 % of runs; no rollback caused by an outage after promotion; score 0.82 -> 0.64 and
+tokens x1.6 (success unchanged) rolled back in >= 95 % of runs.
 
 Each run's random stream depends only on (seed, system, scenario, run index), so results
 do not depend on ``--workers``. About 20 s with the defaults on 2 cores.
@@ -103,6 +110,8 @@ OUTAGE_NORMAL_CALLS = 500
 OUTAGE_CALLS = 10
 CANARY_OUTAGE_INTO_LAST_STEP = 20
 MEDIAN_S = 1.0
+SCORE_SD = 0.15
+TOKENS_SIGMA = 0.4
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +119,8 @@ class Arm:
     success: float
     sigma: float
     median_s: float = MEDIAN_S
+    score: float | None = None  # mean evaluator score (sd SCORE_SD, clipped to [0, 1])
+    tokens: float | None = None  # median tokens_out (log-sigma TOKENS_SIGMA)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +145,12 @@ SCENARIOS = (
     Scenario("latency-50-s06", "latency +50 %, sigma 0.6", "harmful", Arm(0.95, 0.6), Arm(0.95, 0.6, MEDIAN_S * 1.5)),
     Scenario("latency-20-s03", "latency +20 %, sigma 0.3", "harmful", Arm(0.95, 0.3), Arm(0.95, 0.3, MEDIAN_S * 1.2)),
     Scenario("fail-100", "100 % failure (0.95 -> 0)", "harmful", Arm(0.95, 0.3), Arm(0.0, 0.3)),
+    Scenario("neutral-quality", "neutral, noisy scores (sd 0.15) and tokens (log-sigma 0.4)", "neutral",
+             Arm(0.95, 0.3, score=0.82, tokens=800), Arm(0.95, 0.3, score=0.82, tokens=800)),
+    Scenario("score-82-64", "score 0.82 -> 0.64, success unchanged", "harmful",
+             Arm(0.95, 0.3, score=0.82, tokens=800), Arm(0.95, 0.3, score=0.64, tokens=800)),
+    Scenario("tokens-x16", "tokens x1.6, success unchanged", "harmful",
+             Arm(0.95, 0.3, score=0.82, tokens=800), Arm(0.95, 0.3, score=0.82, tokens=1280)),
     Scenario("outage-after-promotion", "outage after promotion (10 failures)", "outage_after_promotion",
              Arm(0.95, 0.3), Arm(0.95, 0.3)),
     Scenario("outage-in-canary", "outage during the canary (both arms)", "outage_in_canary",
@@ -148,6 +165,14 @@ SCENARIOS = (
 def _draw(rng: random.Random, arm: Arm, failed: bool = False) -> tuple[bool, float]:
     ok = not failed and rng.random() < arm.success
     return ok, arm.median_s * math.exp(rng.gauss(0.0, arm.sigma))
+
+
+def _draw_metrics(rng: random.Random, arm: Arm, rec: CallRecord) -> None:
+    """Set the record's score and tokens_out (scenarios that carry them)."""
+    if arm.score is not None:
+        rec.score = min(1.0, max(0.0, rng.gauss(arm.score, SCORE_SD)))
+    if arm.tokens is not None:
+        rec.metrics = {"tokens_out": arm.tokens * math.exp(rng.gauss(0.0, TOKENS_SIGMA))}
 
 
 def _stands_down(run_calls: int, run_failures: int) -> bool:
@@ -182,8 +207,10 @@ def run_sil(rng: random.Random, sc: Scenario, policy: RolloutPolicy) -> tuple[st
         if failing:
             outage_left -= 1
         to_candidate = rng.random() < ramp[step]
-        ok, lat = _draw(rng, sc.candidate if to_candidate else sc.baseline, failing)
+        arm = sc.candidate if to_candidate else sc.baseline
+        ok, lat = _draw(rng, arm, failing)
         rec.outcome, rec.duration_s = (Outcome.OK if ok else Outcome.ERROR), lat
+        _draw_metrics(rng, arm, rec)
         if not to_candidate:
             add_record(base, rec)
             run_calls += 1
@@ -326,6 +353,10 @@ TARGETS = (
      ("latency-50-s06",), ("within", 100, 0.95)),
     ("fail-100", "100 % failure caught within 5 candidate calls (>= 95 % of runs)",
      ("fail-100",), ("within", 5, 0.95)),
+    ("score-82-64", "score 0.82 -> 0.64 (success unchanged) rolled back in >= 95 % of runs",
+     ("score-82-64",), ("rate_min", 0.95)),
+    ("tokens-x16", "tokens x1.6 (success unchanged) rolled back in >= 95 % of runs",
+     ("tokens-x16",), ("rate_min", 0.95)),
     ("outage-after-promotion", "no rollback caused by an outage after promotion",
      ("outage-after-promotion",), ("outage_zero",)),
 )
@@ -340,6 +371,9 @@ def check_targets(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             if check[0] == "rollback_rate_max":
                 value = max(s["rollback_rate"] for s in sums)
                 met = value <= check[1]
+            elif check[0] == "rate_min":
+                value = sums[0]["rollback_rate"]
+                met = value >= check[1]
             elif check[0] == "within":
                 value = sums[0]["detected_within"][str(check[1])]
                 met = value >= check[2]
@@ -480,8 +514,10 @@ def main(argv: list[str] | None = None) -> int:
     for sc in scenarios:
         entry: dict[str, Any] = {
             "label": sc.label, "kind": sc.kind,
-            "baseline": {"success": sc.baseline.success, "median_s": sc.baseline.median_s, "sigma": sc.baseline.sigma},
-            "candidate": {"success": sc.candidate.success, "median_s": sc.candidate.median_s, "sigma": sc.candidate.sigma},
+            "baseline": {"success": sc.baseline.success, "median_s": sc.baseline.median_s, "sigma": sc.baseline.sigma,
+                         "score": sc.baseline.score, "tokens": sc.baseline.tokens},
+            "candidate": {"success": sc.candidate.success, "median_s": sc.candidate.median_s,
+                          "sigma": sc.candidate.sigma, "score": sc.candidate.score, "tokens": sc.candidate.tokens},
         }
         for system in ("sil-guard", "seed"):
             if (sc.key, system) in raw:

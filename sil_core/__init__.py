@@ -15,6 +15,7 @@ from .errors import ConfigError, MissingExtra, SilError, StoreError
 from .compat import AutoRollback, SelfImprovingLoop
 from .guard import Guard
 from .health import Health
+from .metrics import Guardrail, MetricStats
 from .policy import RolloutPolicy
 from .rollout import Change, InvalidTransition, State
 from .strategies import Strategy, StrategyDecision
@@ -51,11 +52,13 @@ __all__ = (
     "DictConfigAdapter",
     "Feedback",
     "Guard",
+    "Guardrail",
     "Health",
     "InvalidTransition",
     "JsonFileConfigAdapter",
     "JsonlTraceStore",
     "LoggingNotifier",
+    "MetricStats",
     "MissingExtra",
     "Notifier",
     "Outcome",

@@ -3,10 +3,11 @@ documented with the reason it was chosen (see ``benchmarks/detection.py``)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
-from typing import Any
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Mapping
 
 from .errors import ConfigError
+from .metrics import DEFAULT_GUARDRAILS, Guardrail
 
 __all__ = ("RolloutPolicy",)
 
@@ -64,6 +65,11 @@ class RolloutPolicy:
         on_watch_regression: ``"alert"`` (trail event ``watch_regressed``, notifiers, a
             WARNING) or ``"revert"`` (the same, and the baseline is restored through the
             adapter, as ``guard.revert`` does).
+        metrics: guardrails on numeric metrics, by name (a :class:`~sil_core.Guardrail`, its
+            dict, or ``None`` to turn a default off). A reserved metric that the calls
+            carry is judged by default: ``score`` higher-is-better within 0.05 (on your
+            scale), ``tokens_in``, ``tokens_out`` and ``cost_usd`` lower-is-better within
+            +20 % (relative). Each judged metric takes its share of ``alpha``.
     """
 
     alpha: float = 0.10
@@ -83,8 +89,12 @@ class RolloutPolicy:
     feedback_window_s: float = 0.0
     watch_hours: float = 24.0
     on_watch_regression: str = "alert"
+    metrics: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.metrics, Mapping):
+            raise ConfigError(f"metrics must be a mapping of metric name to Guardrail, not {type(self.metrics).__name__}")
+        object.__setattr__(self, "metrics", {str(k): Guardrail.coerce(v, str(k)) for k, v in self.metrics.items()})
         if not 0 < self.alpha < 1:
             raise ConfigError("alpha must be in (0, 1)")
         if self.on_inconclusive not in _ON_INCONCLUSIVE:
@@ -104,9 +114,23 @@ class RolloutPolicy:
         """A copy with some fields changed."""
         return replace(self, **changes)
 
+    def guardrails(self, names: Any) -> dict[str, Guardrail]:
+        """The guardrails that judge metrics ``names`` (those the calls carry): the
+        defaults of reserved names, overridden by ``metrics``; disabled ones left out."""
+        out = {}
+        for name in sorted(set(names)):
+            rail = self.metrics.get(name) or DEFAULT_GUARDRAILS.get(name)
+            if rail is not None and rail.enabled:
+                out[name] = rail
+        return out
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted((k, repr(v)) for k, v in self.as_dict().items())))
+
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["ramp"] = list(self.ramp)
+        data["metrics"] = {name: rail.as_dict() for name, rail in self.metrics.items()}
         return data
 
     @classmethod

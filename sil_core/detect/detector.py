@@ -14,7 +14,16 @@ Three metrics, each one-sided at ``alpha / 3`` (Bonferroni):
   ``1 + latency_tolerance``. These bounds are fixed-sample, so p95 is looked at only at
   doubling sample sizes (60, 120, 240, ...) with the budget split across those looks.
 
-*healthy* needs both arms at ``min_calls`` and success and latency non-inferior.
+Guardrails (``RolloutPolicy.metrics``, and the defaults of the reserved metrics) judge
+every other numeric metric the baseline's calls carry, on the calls that carry it, with
+the same confidence sequence on the difference of means (of the logs for a relative
+guardrail): *regressed* when significantly worse and by more than its tolerance. Each
+judged metric takes an equal share of ``alpha`` (3 + the number of guardrails in play),
+so adding metrics does not add false rollbacks. A metric the baseline carries but the
+candidate never reports is flagged in the evidence (``missing_metrics``).
+
+*healthy* needs both arms at ``min_calls`` and success, latency and every judged metric
+non-inferior (a metric still short of ``min_calls`` values in an arm is not yet).
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from __future__ import annotations
 import math
 
 from ..aggregates import Cell
+from ..metrics import Guardrail
 from ..policy import RolloutPolicy
 from .quantiles import MIN_CALLS_P95, quantile_bounds
 from .sequential import mean_diff_bounds, proportion_diff_bounds, tuning_rho
@@ -29,8 +39,8 @@ from .verdict import Verdict
 
 __all__ = ("judge", "p95_look", "p95_looks")
 
-TEST = "one-sided normal-mixture confidence sequence (anytime-valid), Bonferroni across 3 metrics"
-_METRICS = 3
+TEST = "one-sided normal-mixture confidence sequence (anytime-valid), Bonferroni across the judged metrics"
+_METRICS = 3  # success rate, latency, p95
 
 
 def p95_looks(policy: RolloutPolicy) -> int:
@@ -45,7 +55,8 @@ def p95_look(lat_n: int) -> int:
 
 def judge(baseline: Cell, candidate: Cell, policy: RolloutPolicy, *, check_p95: bool = False) -> Verdict:
     """The verdict on ``candidate`` vs ``baseline`` (see module docstring)."""
-    a_alpha = policy.alpha / _METRICS
+    rails = policy.guardrails(name for name, m in baseline.metrics.items() if m[0] >= 2)
+    a_alpha = policy.alpha / (_METRICS + len(rails))
     rho = tuning_rho(policy.cs_tuning_n, a_alpha)
     n_a = baseline.successes + baseline.failures
     n_b = candidate.successes + candidate.failures
@@ -53,6 +64,7 @@ def judge(baseline: Cell, candidate: Cell, policy: RolloutPolicy, *, check_p95: 
         "test": TEST,
         "alpha": policy.alpha,
         "alpha_per_metric": a_alpha,
+        "metrics_judged": _METRICS + len(rails),
         "min_calls": policy.min_calls,
         "n": {"baseline": n_a, "candidate": n_b},
     }
@@ -107,6 +119,64 @@ def judge(baseline: Cell, candidate: Cell, policy: RolloutPolicy, *, check_p95: 
                                f"(candidate lower bound {qb[0]:.3g}s > baseline upper bound x{1 + policy.latency_tolerance:g})",
                                "latency_p95", evidence)
 
-    if success_ok and latency_ok:
-        return Verdict(Verdict.HEALTHY, "non-inferior on success rate and latency", None, evidence)
-    return Verdict(Verdict.INCONCLUSIVE, "no regression shown, not yet shown non-inferior", None, evidence)
+    rails_ok = True
+    missing = []
+    for name, rail in rails.items():
+        got = _guardrail(name, rail, baseline.metrics[name], candidate.metrics.get(name), policy, a_alpha, rho, evidence)
+        if isinstance(got, Verdict):
+            return got
+        if got is None and n_b >= policy.min_calls and not (candidate.metrics.get(name) or [0])[0]:
+            missing.append(name)
+        rails_ok = rails_ok and bool(got)
+    note = ""
+    if missing:
+        evidence["missing_metrics"] = missing
+        note = f"; the candidate reports no {', '.join(missing)} (the baseline does)"
+
+    if success_ok and latency_ok and rails_ok:
+        return Verdict(Verdict.HEALTHY, "non-inferior on success rate and latency"
+                       + (f" and {', '.join(rails)}" if rails else "") + note, None, evidence)
+    return Verdict(Verdict.INCONCLUSIVE, "no regression shown, not yet shown non-inferior" + note, None, evidence)
+
+
+def _guardrail(name: str, rail: Guardrail, ma: list, mb: list | None, policy: RolloutPolicy, alpha: float,
+               rho: float, evidence: dict) -> Verdict | bool | None:
+    """One metric's reading: a REGRESSED verdict, ``True`` (non-inferior), ``False`` (not
+    yet), or ``None`` (too few values in an arm to judge; ``evidence`` untouched)."""
+    if rail.relative:
+        n_a, s_a, q_a = ma[3], ma[4], ma[5]
+        n_b, s_b, q_b = (mb[3], mb[4], mb[5]) if mb else (0, 0.0, 0.0)
+    else:
+        n_a, s_a, q_a = ma[0], ma[1], ma[2]
+        n_b, s_b, q_b = (mb[0], mb[1], mb[2]) if mb else (0, 0.0, 0.0)
+    if n_a < 2 or n_b < 2:
+        return None
+    d, lo, hi = mean_diff_bounds(int(n_a), s_a, q_a, int(n_b), s_b, q_b, alpha, rho)
+    # how much worse the candidate is (d = candidate - baseline), and its bounds
+    w, w_lo, w_hi = (-d, -hi, -lo) if rail.better == "higher" else (d, lo, hi)
+    if rail.relative:
+        margin = -math.log1p(-rail.tolerance) if rail.better == "higher" else math.log1p(rail.tolerance)
+        shown = f"{math.exp(d) - 1:+.0%}"
+        est = {"baseline": math.exp(s_a / n_a), "candidate": math.exp(s_b / n_b), "ratio": math.exp(d),
+               "ratio_lower": math.exp(lo), "ratio_upper": math.exp(hi), "estimate": "geometric mean"}
+    else:
+        margin = rail.tolerance
+        shown = f"{d:+.4g}"
+        est = {"baseline": s_a / n_a, "candidate": s_b / n_b, "diff": d, "lower": lo, "upper": hi,
+               "estimate": "mean"}
+    evidence.setdefault("metrics", {})[name] = {
+        **est, "n": {"baseline": int(n_a), "candidate": int(n_b)}, "better": rail.better,
+        "tolerance": rail.tolerance, "relative": rail.relative,
+    }
+    if n_a < policy.min_calls or n_b < policy.min_calls:
+        return False
+    if w_lo > 0 and w > margin:
+        return Verdict(Verdict.REGRESSED,
+                       f"{name} got worse: {est['estimate']} {_fmt(est['baseline'])} -> {_fmt(est['candidate'])} "
+                       f"({shown}; {rail.better} is better, tolerance {rail.tolerance:g}"
+                       f"{' relative' if rail.relative else ''})", name, evidence)
+    return w_hi < margin
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}"
