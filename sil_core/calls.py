@@ -117,7 +117,8 @@ def is_coroutine_callable(fn: Any) -> bool:
     return inspect.iscoroutinefunction(getattr(fn, "__call__", None))
 
 
-def wrap(guard: "Guard", fn: Callable, target: str, success: Callable | None, key: Callable | None) -> Callable:
+def wrap(guard: "Guard", fn: Callable, target: str, success: Callable | None, key: Callable | None,
+         evaluate: Callable | None = None) -> Callable:
     """The recording wrapper of ``fn`` (sync, async, generator or async generator)."""
     if inspect.isasyncgenfunction(fn):
         shell = _asyncgen_shell
@@ -127,13 +128,20 @@ def wrap(guard: "Guard", fn: Callable, target: str, success: Callable | None, ke
         shell = _async_shell
     else:
         shell = _sync_shell
-    wrapper = functools.wraps(fn)(shell(guard, fn, target, success, key))
+    wrapper = functools.wraps(fn)(shell(guard, fn, target, success, key, evaluate))
     wrapper.guard = guard  # type: ignore[attr-defined]
     wrapper.target = target  # type: ignore[attr-defined]
     return wrapper
 
 
-def _sync_shell(guard, fn, target, success, key):
+def _evaluate_later(guard: "Guard", evaluate: Callable, result: Any) -> None:
+    """Queue ``evaluate(result)`` for the call that just finished (off the hot path)."""
+    info = _last.get()
+    if info is not None:
+        guard.evaluate_later(info.call_id, evaluate, result)
+
+
+def _sync_shell(guard, fn, target, success, key, evaluate=None):
     start, finish, put = guard._start_call, guard._finish, guard._put
 
     def guarded(*args, **kwargs):
@@ -145,12 +153,14 @@ def _sync_shell(guard, fn, target, success, key):
             put(finish(target, ts, _perf() - t0, exc, True, route, token))
             raise
         put(finish(target, ts, _perf() - t0, None, judge_result(success, result), route, token))
+        if evaluate is not None and token is not None:
+            _evaluate_later(guard, evaluate, result)
         return result
 
     return guarded
 
 
-def _async_shell(guard, fn, target, success, key):
+def _async_shell(guard, fn, target, success, key, evaluate=None):
     start, finish, aput = guard._start_call, guard._finish, guard._aput
 
     async def guarded(*args, **kwargs):
@@ -162,12 +172,14 @@ def _async_shell(guard, fn, target, success, key):
             await aput(finish(target, ts, _perf() - t0, exc, True, route, token))
             raise
         await aput(finish(target, ts, _perf() - t0, None, judge_result(success, result), route, token))
+        if evaluate is not None and token is not None:
+            _evaluate_later(guard, evaluate, result)
         return result
 
     return guarded
 
 
-def _gen_shell(guard, fn, target, success, key):
+def _gen_shell(guard, fn, target, success, key, evaluate=None):
     start, finish, put = guard._start_call, guard._finish, guard._put
 
     def guarded(*args, **kwargs):
@@ -182,12 +194,14 @@ def _gen_shell(guard, fn, target, success, key):
             raise
         finally:
             put(finish(target, ts, _perf() - t0, error, True if error else judge_result(success, result), route, token))
+        if evaluate is not None and token is not None:
+            _evaluate_later(guard, evaluate, result)
         return result
 
     return guarded
 
 
-def _asyncgen_shell(guard, fn, target, success, key):
+def _asyncgen_shell(guard, fn, target, success, key, evaluate=None):
     start, finish, put = guard._start_call, guard._finish, guard._put
 
     async def guarded(*args, **kwargs):

@@ -39,6 +39,7 @@ from .calls import CallHandle, wrap
 from .change_control import ChangeControl
 from .changes import ChangeManager
 from .errors import ConfigError
+from .evaluations import Evaluations
 from .health import Health
 from .notify import Notifier
 from .policy import RolloutPolicy
@@ -119,6 +120,9 @@ class Guard(ChangeControl, AsyncControl):
             handler set only from the main thread: it chains to a framework's own handler,
             or replaces the default action and then dies of the signal as before).
         clock: where the guard reads the time (tests: ``sil_core.testing.ManualClock``).
+        evaluator_workers, evaluator_timeout_s: the pool that runs evaluators
+            (``track(..., evaluate=fn)``, :meth:`evaluate_later`): how many at once, and
+            how long one may take before its result is discarded.
 
     Example:
         >>> guard = Guard("memory://")
@@ -150,6 +154,8 @@ class Guard(ChangeControl, AsyncControl):
         exit_timeout: float = 5.0,
         handle_sigterm: bool = True,
         clock: Clock = SYSTEM,
+        evaluator_workers: int = 2,
+        evaluator_timeout_s: float = 60.0,
     ) -> None:
         if durability not in ("batched", "sync"):
             raise ConfigError(f"durability must be 'batched' or 'sync', not {durability!r}")
@@ -176,6 +182,8 @@ class Guard(ChangeControl, AsyncControl):
                               on_written=self._after_write, on_tick=self._after_write.tick)
         self._events = BackgroundWorker("sil-notify", self._after_write.dispatch)
         self._decide = BackgroundWorker("sil-decide", lambda job: job())
+        self._evaluator_settings = (evaluator_workers, evaluator_timeout_s)
+        self._evaluations: Evaluations | None = None
         self._enqueue = self._writer.put_durable if durability == "sync" else self._writer.put
         self._hot = HotPath(self)
         # the hot path of the decorators and guard.call (calls.py), bound once
@@ -194,7 +202,7 @@ class Guard(ChangeControl, AsyncControl):
 
     # -- the three forms -----------------------------------------------------------------
     def track(self, target: str | Callable | None = None, *, success: Callable[[Any], Any] | None = None,
-              key: Callable[..., Any] | None = None):
+              key: Callable[..., Any] | None = None, evaluate: Callable[[Any], Any] | None = None):
         """Decorate a sync or async function so every call is recorded.
 
         ``@guard.track`` names the target after the function's qualified name;
@@ -203,11 +211,30 @@ class Guard(ChangeControl, AsyncControl):
         the result is still returned). ``key(*args, **kwargs)`` gives a routing key (a
         user or session id) so one key always gets the same arm during a canary. Inside
         the function, :func:`sil_core.current_call` tells the version and config serving
-        it. Generator functions are recorded when the iteration ends.
+        it. Generator functions are recorded when the iteration ends. ``evaluate(result)``
+        scores each returned result later, off the caller's thread (see
+        :meth:`evaluate_later`).
         """
         if callable(target):
             return wrap(self, target, target.__qualname__, None, None)
-        return lambda fn: wrap(self, fn, target or fn.__qualname__, success, key)
+        return lambda fn: wrap(self, fn, target or fn.__qualname__, success, key, evaluate)
+
+    def evaluate_later(self, call_id: str, evaluator: Callable[[Any], Any], result: Any) -> None:
+        """Run ``evaluator(result)`` on a background pool and give its value to the call as
+        feedback: a number is its score; a dict gives ``success``, ``score`` and metrics
+        (see ``sil_core.evaluations``). Never blocks; a failing or slow evaluator is
+        logged and skipped."""
+        try:
+            evaluations = self._evaluations
+            if evaluations is None:
+                with self._control_lock:
+                    if self._evaluations is None:
+                        workers, timeout_s = self._evaluator_settings
+                        self._evaluations = Evaluations(self, workers=workers, timeout_s=timeout_s)
+                    evaluations = self._evaluations
+            evaluations.submit(call_id, evaluator, result)
+        except Exception as exc:
+            report("guard.evaluate_later", exc)
 
     def call(self, target: str, *, context: Any = None, key: Any = None) -> CallHandle:
         """A context manager (``with`` or ``async with``) that records one call; ``key``
@@ -288,8 +315,9 @@ class Guard(ChangeControl, AsyncControl):
         """Flush, then wait until background judging, strategies and notifiers are done.
 
         Blocks (at most about ``timeout`` per stage); use :meth:`adrain` in a coroutine."""
+        evaluated = self._evaluations.drain(timeout) if self._evaluations is not None else True
         ok = self.flush(timeout)
-        return self._decide.drain(timeout) and self._events.drain(timeout) and ok
+        return self._decide.drain(timeout) and self._events.drain(timeout) and ok and evaluated
 
     def close(self, timeout: float | None = 30.0) -> None:
         """Write what is queued, wait for the judging and notifiers already started, stop
@@ -315,6 +343,8 @@ class Guard(ChangeControl, AsyncControl):
 
     def _close(self, timeout: float | None, left: Callable[[], float | None]) -> None:
         self._changes.close()
+        if self._evaluations is not None:  # their feedback goes out with the last flush
+            self._evaluations.close(left())
         flushed = self._writer.flush(left())
         judged = self._decide.drain(left())
         notified = self._events.drain(left())
