@@ -15,7 +15,7 @@ from .errors import ConfigError, MissingExtra, SilError, StoreError
 from .compat import AutoRollback, SelfImprovingLoop
 from .guard import Guard
 from .health import Health
-from .metrics import Guardrail, MetricStats
+from .metrics import Guardrail, MetricStats, PriceTable
 from .policy import RolloutPolicy
 from .rollout import Change, InvalidTransition, State
 from .strategies import Strategy, StrategyDecision
@@ -62,6 +62,7 @@ __all__ = (
     "MissingExtra",
     "Notifier",
     "Outcome",
+    "PriceTable",
     "RolloutPolicy",
     "SQLiteTraceStore",
     "SelfImprovingLoop",

@@ -22,7 +22,7 @@ from typing import Any, Mapping
 from ._internal.validate import finite, note
 from .errors import ConfigError
 
-__all__ = ("DEFAULT_GUARDRAILS", "Guardrail", "MetricStats", "RESERVED", "clean_metrics")
+__all__ = ("DEFAULT_GUARDRAILS", "Guardrail", "MetricStats", "PriceTable", "RESERVED", "clean_metrics")
 
 RESERVED = ("score", "tokens_in", "tokens_out", "cost_usd")
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,63}$")
@@ -151,3 +151,42 @@ DEFAULT_GUARDRAILS: dict[str, Guardrail] = {
     "tokens_out": Guardrail("lower", 0.20, relative=True),
     "cost_usd": Guardrail("lower", 0.20, relative=True),
 }
+
+
+class PriceTable:
+    """Turns token counts into ``cost_usd`` where a framework reports no cost.
+
+    ``prices`` maps a model name to ``(input, output)`` US dollars per million tokens
+    (``{"gpt-4o-mini": (0.15, 0.60)}``). A model not in the table matches its longest
+    listed prefix (``"gpt-4o-mini-2024-07-18"`` takes ``"gpt-4o-mini"``); ``"*"`` is the
+    price of any other model."""
+
+    def __init__(self, prices: Mapping[str, Any]) -> None:
+        table: dict[str, tuple[float, float]] = {}
+        for model, price in dict(prices).items():
+            try:
+                p_in, p_out = (float(x) for x in price)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"price of {model!r} must be (input, output) USD per million tokens") from exc
+            if not (math.isfinite(p_in) and math.isfinite(p_out)) or p_in < 0 or p_out < 0:
+                raise ConfigError(f"price of {model!r} must be finite and >= 0")
+            table[str(model)] = (p_in, p_out)
+        self.prices = table
+        self._by_length = sorted((m for m in table if m != "*"), key=len, reverse=True)
+
+    def price(self, model: str | None) -> tuple[float, float] | None:
+        """``(input, output)`` per million tokens for ``model`` (``None`` if unlisted)."""
+        if model:
+            if model in self.prices:
+                return self.prices[model]
+            for name in self._by_length:
+                if model.startswith(name):
+                    return self.prices[name]
+        return self.prices.get("*")
+
+    def cost(self, model: str | None, tokens_in: float, tokens_out: float) -> float | None:
+        """The cost in US dollars of one model call (``None`` if the model has no price)."""
+        price = self.price(model)
+        if price is None:
+            return None
+        return (tokens_in * price[0] + tokens_out * price[1]) / 1_000_000
