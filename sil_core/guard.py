@@ -45,6 +45,7 @@ from .notify import Notifier
 from .policy import RolloutPolicy
 from .records import CallRecord, Feedback, Outcome
 from .metrics import clean_metrics
+from .observe import Observers
 from .recorder import HotPath, Recorder, split_score
 from .routing import TargetView
 from .store import Store, open_store
@@ -185,6 +186,8 @@ class Guard(ChangeControl, AsyncControl):
         self._evaluator_settings = (evaluator_workers, evaluator_timeout_s)
         self._evaluations: Evaluations | None = None
         self._enqueue = self._writer.put_durable if durability == "sync" else self._writer.put
+        self._observers = Observers()
+        self._changes.observers = self._observers
         self._hot = HotPath(self)
         # the hot path of the decorators and guard.call (calls.py), bound once
         self._start_call, self._finish, self._put, self._aput = (self._hot.start, self._hot.finish, self._hot.put,
@@ -218,6 +221,17 @@ class Guard(ChangeControl, AsyncControl):
         if callable(target):
             return wrap(self, target, target.__qualname__, None, None)
         return lambda fn: wrap(self, fn, target or fn.__qualname__, success, key, evaluate)
+
+    def add_observer(self, observer: Any) -> None:
+        """Let ``observer`` see every call, feedback and trail event of this guard (an
+        exporter: see ``sil_core.observe`` for the methods it may have)."""
+        if observer not in self._observers:
+            self._observers.append(observer)
+
+    def remove_observer(self, observer: Any) -> None:
+        """Stop telling ``observer`` (an unknown observer is ignored)."""
+        if observer in self._observers:
+            self._observers.remove(observer)
 
     def evaluate_later(self, call_id: str, evaluator: Callable[[Any], Any], result: Any) -> None:
         """Run ``evaluator(result)`` on a background pool and give its value to the call as
@@ -291,7 +305,10 @@ class Guard(ChangeControl, AsyncControl):
         if success is None and value is None and not values:
             return  # its only values were not numbers: dropped and counted
         # given now: per field, the feedback given last wins, whichever worker writes it first
-        self._put(Feedback(call_id, None if success is None else bool(success), value, _now(), values))
+        fb = Feedback(call_id, None if success is None else bool(success), value, _now(), values)
+        if self._observers:
+            self._observers.feedback(fb)
+        self._put(fb)
 
     # -- reading -------------------------------------------------------------------------
     def stats(self, target: str, *, version: str | None = None, since: datetime | timedelta | float | None = None) -> Stats:

@@ -39,21 +39,27 @@ class HotPath:
         self.clock = guard.clock
         self.writer = guard._writer
         self.readers: dict[str, Callable[[], dict | None]] = {}  # per target: its adapter's config
+        self.observers = guard._observers
 
     def start(self, target: str, key: Any = None, route: tuple | None = None) -> Begun:
         """Route a call: ``((version, arm, config), contextvar token)`` or ``(None, token)``;
         ``route`` serves a call a given version instead (a resumed, pinned execution)."""
         try:
             if route is not None:
-                return route, _current.set(CallInfo(target, *route))
-            view = self.views.get(target)
-            if view is not None and view.unversioned and self.clock.monotonic() <= view.expires:
-                read = self.readers.get(target) or self.reader(target)
-                return None, _current.set(CallInfo(target, None, None, read))  # the common case
-            route = self.router.view(target).route(key)
-            if route[0] is None:
-                return None, _current.set(CallInfo(target, None, None, self.reader(target)))
-            return route, _current.set(CallInfo(target, *route))
+                info = CallInfo(target, *route)
+            else:
+                view = self.views.get(target)
+                if view is not None and view.unversioned and self.clock.monotonic() <= view.expires:
+                    route, info = None, CallInfo(target, None, None, self.readers.get(target) or self.reader(target))
+                else:
+                    route = self.router.view(target).route(key)
+                    if route[0] is None:
+                        route, info = None, CallInfo(target, None, None, self.reader(target))
+                    else:
+                        info = CallInfo(target, *route)
+            if self.observers:
+                info._observed = self.observers.started(info)
+            return route, _current.set(info)
         except Exception as exc:
             report("guard.route", exc)
             return None, None
@@ -71,6 +77,7 @@ class HotPath:
                route: tuple | None, token: Any, call_id: str | None = None, context: Any = None,
                score: float | None = None, attempt: int = 1, metrics: dict | None = None) -> CallRecord | None:
         """Build the record of a finished call (never raises)."""
+        info = None
         try:
             if token is not None:
                 info = _current.get()
@@ -90,16 +97,28 @@ class HotPath:
                 metrics, score = split_score(clean_metrics(metrics, "call.metrics"), score)
             if exc is None:
                 if ok is True:  # the id of a decorated call is assigned off the hot path
-                    return CallRecord(call_id, target, ts, duration, _OK, None, None, version, arm, attempt, score,
-                                      context, metrics=metrics)
+                    record = CallRecord(call_id, target, ts, duration, _OK, None, None, version, arm, attempt, score,
+                                        context, metrics=metrics)
+                    if info is not None and info._observed:
+                        self._ended(info, record)
+                    return record
                 outcome, etype, msg = _ERROR, ok, None
             else:
                 outcome, etype, msg = classify_exception(exc), type(exc).__name__, error_message(exc)
-            return CallRecord(call_id, target, ts, duration, outcome, etype, msg, version, arm, attempt, score, context,
-                              metrics=metrics)
+            record = CallRecord(call_id, target, ts, duration, outcome, etype, msg, version, arm, attempt, score,
+                                context, metrics=metrics)
+            if info is not None and info._observed:
+                self._ended(info, record)
+            return record
         except Exception as err:
             report("guard.record", err)
             return None
+
+    def _ended(self, info: CallInfo, record: CallRecord) -> None:
+        """Tell the observers how an observed call ended (its id made now, for them)."""
+        if record.id is None or record.id is info:
+            record.id = info.call_id
+        self.observers.ended(info._observed, record)
 
     def put(self, item: CallRecord | Feedback | None) -> None:
         if item is not None:
@@ -194,7 +213,7 @@ class Recorder:
         this worker's view of it is fresh): then ``ok`` may record a call, and routing and
         ``current_call`` may be skipped."""
         v = self._views.get(self.target)
-        return v is not None and v.unversioned and self._clock.monotonic() <= v.expires
+        return v is not None and v.unversioned and self._clock.monotonic() <= v.expires and not self._hot.observers
 
     def ok(self, ts: float, duration: float, attempt: int = 1) -> None:
         """Record a successful call of a :meth:`plain` target, as cheaply as possible (its id

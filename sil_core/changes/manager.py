@@ -64,6 +64,8 @@ class ChangeManager:
         self.actions = Actions(self)
         self.operator = Operator(self)
         self.judging = Judging(self)
+        #: exporters told of every trail event (the guard's ``sil_core.observe.Observers``)
+        self.observers: list = []
 
     @property
     def refresh_s(self) -> float:
@@ -108,6 +110,9 @@ class ChangeManager:
     def trail(self, type: str, target: str, change_id: str | None, actor: str | None = None, **data: Any) -> None:
         with fail_open("trail.append"):
             append_event(self.store, type, target, change_id=change_id, actor=actor or self.worker_id, **data)
+        if self.observers:
+            self.observers.trail({"type": type, "target": target, "change_id": change_id,
+                                  "actor": actor or self.worker_id, "ts": self.clock.time(), **data})
 
     def notify(self, type: str, target: str, message: str, **data: Any) -> None:
         """Tell the notifiers, and the ``sil_core`` logger (WARNING for what undoes or fails,
