@@ -4,7 +4,14 @@ A skill's config is ``{"files": {path: text}, "config": {key: value}}``: every f
 its folder (SKILL.md and supporting files) plus the ``skills.config.*`` keys its
 SKILL.md declares, as set in ``config.yaml``. Its version is the content hash of that
 dict (:func:`sil_core.config_version`); versions live in the guard's store, outside the
-skills folder. A restore swaps the folder in atomically, writes the config keys back
+skills folder, and big or binary files are named there by digest, their bytes stored
+once in ``$HERMES_HOME/sil/blobs`` (see ``_blobs``).
+
+A skill is named by its folder's name, wherever the folder is: ``skills/<name>``,
+``skills/<category>/.../<name>`` or a ``skills.external_dirs`` folder; its target is
+``hermes:<name>``. Hermes' ``skill_manage`` identifies a skill the same way (and refuses
+to create a second skill of a name), and a name resolves to the folder ``skill_manage``
+edits (:func:`~._skillfiles.find_skill_dir`: local before external, first found). A restore swaps the folder in atomically, writes the config keys back
 (byte for byte when the rest of ``config.yaml`` did not change) and clears Hermes' skill
 prompt caches.
 """
@@ -14,18 +21,20 @@ import copy
 import os
 import threading
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from sil_core.adapters import merge_patch
 
 from . import _compat
+from ._blobs import GRACE_S, BlobStore
 from ._configkeys import declared_keys, digest, parse_yaml, read_keys, write_keys
-from ._skillfiles import find_skill_dir, read_files, replace_dir, text_of
+from ._skillfiles import canonical, external_dirs, find_skill_dir, read_files, replace_dir, text_of
 
 __all__ = ("SkillConfigAdapter", "skill_of", "target_for")
 
 _TARGET_PREFIX = "hermes:"
 _KEEP_RAW = 8
+_KEEP_DIRS = 256
 
 
 def target_for(skill: str) -> str:
@@ -54,23 +63,28 @@ class SkillConfigAdapter:
         self._lock = threading.RLock()
         self._candidates: Dict[str, Dict[str, Any]] = {}  # skill -> config keys of its last change
         self._kept: Dict[str, set] = {}  # skill -> keys its last restore left as set by hand
+        self._dirs: Dict[str, str] = {}  # skill -> its folder when not skills/<name> (last seen)
+        self._roots: Tuple[str, List[Path]] = ("", [])  # (home, config.yaml digest) -> external dirs
 
     @property
     def home(self) -> Path:
         """The Hermes home this adapter works in."""
         return self._home if self._home is not None else _compat.hermes_home()
 
+    @property
+    def blobs(self) -> BlobStore:
+        """Where the bytes of big and binary skill files are stored, once each."""
+        return BlobStore(self.home / "sil" / "blobs")
+
     def skill_dir(self, agent_id: str) -> Path:
-        """Where the skill's folder is (or would be created)."""
-        skills = self.home / "skills"
-        name = skill_of(agent_id)
-        return find_skill_dir(skills, name) or skills / name
+        """Where the skill's folder is, or was last seen (a deleted skill), or would be created."""
+        return self._locate(skill_of(agent_id), self._read_yaml())[1]
 
     def get_config(self, agent_id: str) -> dict:
         """The skill's files and config keys as they are on disk now."""
-        folder = find_skill_dir(self.home / "skills", skill_of(agent_id))
-        files = read_files(folder)
         raw = self._read_yaml()
+        folder = self._locate(skill_of(agent_id), raw)[0]
+        files = read_files(folder, self.blobs)
         skill_md = text_of(files.get("SKILL.md"))
         keys = declared_keys(skill_md) if skill_md else []
         return {"files": files, "config": read_keys(parse_yaml(raw) or {}, keys) if keys else {}}
@@ -98,7 +112,7 @@ class SkillConfigAdapter:
         now = self.get_config(agent_id)
         backup = dict(backup_config.get("config") or {})
         have = dict(now["config"])
-        return now["files"] == (backup_config.get("files") or {}) and all(
+        return now["files"] == canonical(backup_config.get("files") or {}) and all(
             have.get(k) == backup.get(k) for k in set(have) | set(backup) if k not in kept)
 
     def note_candidate(self, agent_id: str, config: dict) -> None:
@@ -111,15 +125,30 @@ class SkillConfigAdapter:
         with the latest bytes of ``config.yaml`` it saw, for byte-exact restores."""
         with self._lock:
             recent = list(self._raw.values())[-4:]
+            dirs = dict(self._dirs)
         return {"kind": "hermes_skill", "hermes_home": str(self.home),
-                "raw": [base64.b64encode(r).decode("ascii") for r in recent]}
+                "raw": [base64.b64encode(r).decode("ascii") for r in recent], "dirs": dirs}
 
     def remember(self, spec: Dict[str, Any]) -> None:
-        """Learn the ``config.yaml`` bytes another instance's :meth:`spec` carries."""
+        """Learn the ``config.yaml`` bytes and skill folders another instance's :meth:`spec` carries."""
         with self._lock:
             for item in spec.get("raw") or ():
                 raw = base64.b64decode(item)
                 self._raw.setdefault(digest(raw), raw)
+            for name, folder in (spec.get("dirs") or {}).items():
+                self._dirs.setdefault(str(name), str(folder))
+
+    def sweep_blobs(self, guard: Any, grace_s: float = GRACE_S) -> Tuple[int, int]:
+        """Delete the stored blobs no version of a ``hermes:`` target in ``guard``'s store
+        names, older than ``grace_s`` (a snapshot awaiting its write names blobs no version
+        holds yet); returns ``(files, bytes)`` removed. Run it with the store this home's
+        skills are guarded in."""
+        keep = set()
+        for _, row, _ in guard.store.kv_list("version"):
+            if str(row.get("target", "")).startswith(_TARGET_PREFIX):
+                files = (row.get("config") or {}).get("files") or {}
+                keep.update(e["sha256"] for e in files.values() if isinstance(e, dict) and "sha256" in e)
+        return self.blobs.sweep(keep, grace_s)
 
     @classmethod
     def from_spec(cls, spec: Dict[str, Any]) -> "SkillConfigAdapter":
@@ -129,6 +158,34 @@ class SkillConfigAdapter:
         return adapter
 
     # -- internals -------------------------------------------------------------------------
+    def _locate(self, name: str, raw: bytes) -> Tuple[Optional[Path], Path]:
+        """``(the skill's folder or None, where to write it)``, as Hermes resolves the name."""
+        home = self.home
+        skills = home / "skills"
+        key = f"{home}\0{digest(raw)}"
+        with self._lock:
+            cached_key, roots = self._roots
+        if cached_key != key:
+            roots = []
+            if b"external_dirs" in raw:
+                try:
+                    roots = external_dirs(home, parse_yaml(raw))
+                except Exception:  # an unreadable config.yaml: Hermes sees no external dirs either
+                    roots = []
+            with self._lock:
+                self._roots = (key, roots)
+        folder = find_skill_dir([skills, *roots], name)
+        with self._lock:
+            if folder is not None and folder != skills / name:
+                self._dirs.pop(name, None)
+                self._dirs[name] = str(folder)
+                while len(self._dirs) > _KEEP_DIRS:
+                    self._dirs.pop(next(iter(self._dirs)))
+            elif folder is not None:
+                self._dirs.pop(name, None)
+            last = self._dirs.get(name)
+        return folder, folder or (Path(last) if last else skills / name)
+
     def _read_yaml(self) -> bytes:
         path = self.home / "config.yaml"
         try:
@@ -146,8 +203,8 @@ class SkillConfigAdapter:
     def _write(self, agent_id: str, config: dict, candidate: Optional[Dict[str, Any]] = None) -> None:
         current = self.get_config(agent_id)
         files = config.get("files") or {}
-        if files != current["files"]:
-            replace_dir(self.skill_dir(agent_id), copy.deepcopy(files), self.home / "sil" / "staging")
+        if canonical(files) != current["files"]:
+            replace_dir(self.skill_dir(agent_id), copy.deepcopy(files), self.home / "sil" / "staging", self.blobs)
         wanted = dict(config.get("config") or {})
         have = dict(current["config"])
         kept = set()
