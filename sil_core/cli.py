@@ -23,7 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 from .aggregates import Stats, merge
 from .errors import SilError
 from .cli_actions import DONE, IN_FLIGHT_STATES, REFUSED, USAGE, Refused, act, actor
-from .store import Store, default_data_dir, default_store_url, open_store
+from .store import Store, default_store_source, open_store
 
 __all__ = ("main", "masked_url")
 
@@ -155,8 +155,8 @@ def _rate(row: dict) -> tuple[str, str]:
     return rate, ci
 
 
-def _print_status(entries: list[dict], url: str, since: float | None) -> None:
-    print(f"store: {masked_url(url)}")
+def _print_status(entries: list[dict], url: str, since: float | None, source: str = "--store") -> None:
+    print(f"store: {masked_url(url)} (from {source})")
     if since is not None:
         print(f"calls since {datetime.fromtimestamp(since, timezone.utc):%Y-%m-%d %H:00} UTC (by hour)")
     if not entries:
@@ -241,7 +241,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sil", description="sil-guard: a regression guard for AI agents")
     parser.add_argument("--version", action="version", version=f"sil {__version__}")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--store", default=None, help=f"store URL (default: $SIL_STORE or {default_store_url()})")
+    common.add_argument("--store", default=None, help="store URL (default: $SIL_STORE, else Hermes' store when Hermes "
+                        "is in use, else $XDG_DATA_HOME/sil-guard/sil.db; `sil status` says which and why)")
     common.add_argument("--json", action="store_true", help="print JSON instead of text")
     sub = parser.add_subparsers(dest="command")
     status = sub.add_parser("status", parents=[common], help="per target: calls, success, latency per version "
@@ -302,10 +303,10 @@ def _run(store: Store, args: argparse.Namespace) -> int:
             entries = status_rows(guard, since=args.since, all_versions=args.all_versions, targets=args.targets)
             workers = worker_rows(store)
             if args.json:
-                print(json.dumps({"store": masked_url(store.url), "since": args.since, "targets": entries,
-                                  "workers": workers}, indent=2))
+                print(json.dumps({"store": masked_url(store.url), "store_source": args.store_source,
+                                  "since": args.since, "targets": entries, "workers": workers}, indent=2))
             else:
-                _print_status(entries, store.url, args.since)
+                _print_status(entries, store.url, args.since, args.store_source)
                 _print_workers(workers)
             return DONE
         listed = guard.changes(args.target)
@@ -335,12 +336,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return USAGE
-    url = args.store or default_store_url()
-    if url != f"sqlite:///{default_data_dir() / 'sil.db'}" and not _exists(url):  # the default may start empty
-        print(f"sil: there is no store at {masked_url(url)} (check --store or $SIL_STORE)", file=sys.stderr)
+    url, args.store_source = (args.store, "--store") if args.store else default_store_source()
+    fresh = not args.store and args.store_source != "$SIL_STORE" and not args.store_source.startswith("sil.store")
+    if not fresh and not _exists(url):  # the default (XDG, or Hermes' sil/sil.db) may start empty
+        print(f"sil: there is no store at {masked_url(url)} (from {args.store_source}; check --store, $SIL_STORE "
+              "or sil.store in Hermes' config.yaml)", file=sys.stderr)
         return REFUSED
     try:
-        store = open_store(url)
+        store = open_store(None if fresh else url)
     except SilError as exc:
         print(f"sil: {exc}", file=sys.stderr)
         return REFUSED

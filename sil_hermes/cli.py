@@ -1,10 +1,12 @@
 """``sil hermes history SKILL`` and ``sil hermes rollback SKILL [--to VERSION]``.
 
-The store defaults to ``$SIL_STORE``, else the plugin's ``$HERMES_HOME/sil/sil.db``.
+The store is the plugin's: ``$SIL_STORE``, else ``sil.store`` in Hermes' ``config.yaml``,
+else ``<Hermes home>/sil/sil.db`` (``sil_core.store.default_store_source``). A bad ``sil:``
+section in ``config.yaml`` stops the command with a message naming the key (exit 1).
 """
 
 import argparse
-import os
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -16,7 +18,14 @@ __all__ = ("main",)
 
 
 def _default_store(home: Path) -> str:
-    return os.environ.get("SIL_STORE") or f"sqlite:///{home / 'sil' / 'sil.db'}"
+    """The plugin's store for this Hermes home (its ``sil:`` section checked first)."""
+    from . import _settings
+
+    _settings.load(home)
+    url = _settings.store_source(home)[0]
+    if url == f"sqlite:///{home / 'sil' / 'sil.db'}":
+        (home / "sil").mkdir(parents=True, exist_ok=True)
+    return url
 
 
 def _when(ts: float) -> str:
@@ -87,16 +96,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for name, helptext in (("history", "every version of a skill"), ("rollback", "restore a skill version")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("skill")
-        p.add_argument("--store", default=None, help="store URL (default: $SIL_STORE or $HERMES_HOME/sil/sil.db)")
+        p.add_argument("--store", default=None, help="store URL (default: $SIL_STORE, else sil.store in Hermes' "
+                       "config.yaml, else <Hermes home>/sil/sil.db)")
         p.add_argument("--hermes-home", default=None, help="Hermes' home (default: $HERMES_HOME or ~/.hermes)")
         if name == "rollback":
             p.add_argument("--to", default=None, metavar="VERSION", help="the version to restore")
     args = parser.parse_args(argv)
     _compat.require()
+    from sil_core import SilError
     from sil_core.store import open_store
 
     adapter = SkillConfigAdapter(args.hermes_home)
-    store = open_store(args.store or _default_store(adapter.home))
+    try:
+        store = open_store(args.store or _default_store(adapter.home))
+    except SilError as exc:  # a bad sil: setting, a store that cannot be opened
+        print(f"sil hermes: {exc}", file=sys.stderr)
+        return 1
     try:
         if args.command == "history":
             rows = history(store, args.skill)

@@ -5,14 +5,24 @@ against the skill version that served it. During a canary the arm's version is s
 (its SKILL.md goes into the message, whatever is on disk); in switch mode and without a
 change, the skill on disk is. The turn fails when it did not complete, was interrupted,
 or (with the plugin enabled) a tool failed during it; ``success=`` may judge the result
-further.
+further. A skill Hermes does not have raises :class:`LookupError` before anything is recorded.
+
+``SkillGuard()`` without a guard uses the plugin's: the store of Hermes' home (the rule of
+``sil_core.store.default_store_source``) with the ``sil:`` settings of its ``config.yaml``.
 """
 
+import logging
+import os
 from typing import Any, Callable, Optional
 
+from sil_core.store import XDG_DEFAULT, default_store_source
+
+from . import _settings
 from ._compat import skill_message
 from ._runtime import runtime
 from .skills import SkillConfigAdapter, target_for
+
+_log = logging.getLogger("sil_hermes")
 
 __all__ = ("SkillGuard",)
 
@@ -21,16 +31,23 @@ class SkillGuard:
     """Guarded skill calls on a :class:`sil_core.Guard`.
 
     Args:
-        guard: the guard that records the calls and judges the skill's changes. The
-            plugin's hooks in this process use it too (edits become its changes).
+        guard: the guard that records the calls and judges the skill's changes (default:
+            the plugin's, on Hermes' store with the ``sil:`` settings; a bad setting raises
+            :class:`sil_core.ConfigError`). The plugin's hooks in this process use it too.
         adapter: the skills' :class:`SkillConfigAdapter` (default: Hermes' home).
         success: ``success(result) -> bool`` applied to a completed turn's result dict.
     """
 
-    def __init__(self, guard: Any, *, adapter: Optional[SkillConfigAdapter] = None,
+    def __init__(self, guard: Any = None, *, adapter: Optional[SkillConfigAdapter] = None,
                  success: Optional[Callable[[dict], Any]] = None) -> None:
-        self.guard = guard
         self.adapter = adapter or SkillConfigAdapter()
+        home = self.adapter.home
+        if guard is None:  # the plugin's guard; a bad sil: section raises here, naming the key
+            _settings.load(home)
+            guard = runtime().guard or _settings.guard_for(home, strict=True, worker_id=f"hermes:{os.getpid()}")
+        else:
+            _warn_other_store(guard, home)
+        self.guard = guard
         self.success = success
         runtime().attach(guard, self.adapter)
 
@@ -41,15 +58,19 @@ class SkillGuard:
         routes the call to the same canary arm every time. The agent's exceptions propagate
         unchanged (and are recorded as errors)."""
         rt = runtime()
+        folder = self.adapter.skill_dir(skill)
+        message = skill_message(skill, task, None, folder) if (folder / "SKILL.md").is_file() else None
+        if message is None:  # not recorded: a typo must not create a target
+            raise LookupError(f"Hermes has no skill {skill!r} in {self.adapter.home / 'skills'} (or it is "
+                              "disabled); `hermes skills list` shows the installed ones")
         with self.guard.call(target_for(skill), key=key, context={"skill": skill}) as call:
             content = None
             if call.arm is not None and call.config is not None:
                 served = (call.config.get("files") or {}).get("SKILL.md")
                 if isinstance(served, str) and served != self._on_disk(skill):
                     content = served
-            message = skill_message(skill, task, content, self.adapter.skill_dir(skill))
-            if message is None:
-                raise LookupError(f"Hermes has no skill {skill!r} (looked in {self.adapter.home / 'skills'})")
+            if content is not None:
+                message = skill_message(skill, task, content, folder) or message
             agent = agent_factory()
             session = getattr(agent, "session_id", None)
             rt.own(session)
@@ -72,3 +93,13 @@ class SkillGuard:
         if turn is not None and turn.errors:
             return False
         return bool(self.success(result)) if self.success is not None else True
+
+
+def _warn_other_store(guard: Any, home: Any) -> None:
+    """Warn when ``guard`` records in the embedded default store while this Hermes home's
+    store is another (``SkillGuard(Guard())`` before Hermes was ever in use)."""
+    url = getattr(getattr(guard, "store", None), "url", None)
+    ours, why = _settings.store_source(home)
+    if url is not None and url != ours and default_store_source() == (url, XDG_DEFAULT):
+        _log.warning("sil-guard: this SkillGuard's guard records in %s, but the sil plugin and `sil hermes` use "
+                     "%s (%s); use SkillGuard() without a guard, or Guard(%r)", url, ours, why, ours)

@@ -62,6 +62,8 @@ def plugin_manager():
     finally:
         if old is not None:
             os.environ["HERMES_HOME"] = old
+        else:
+            os.environ.pop("HERMES_HOME", None)
 
 
 @pytest.fixture

@@ -85,6 +85,8 @@ def test_a_slash_level_typo_creates_nothing():
 def test_the_default_data_folder_is_created_on_first_use(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     monkeypatch.delenv("SIL_STORE", raising=False)
+    monkeypatch.delenv("HERMES_HOME", raising=False)  # no Hermes in use (see default_store_source)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
     with Guard() as g:
         g.record("t", success=True, latency_s=0.1)
     assert (tmp_path / "xdg" / "sil-guard" / "sil.db").exists()
