@@ -4,14 +4,49 @@ returned.
 
 Hooks only touch dicts under one lock and queue work; the one disk read on the calling
 thread is the snapshot ``pre_tool_call`` takes before a ``skill_manage`` write lands.
+
+Blame (what one skill load's record says): the record of a skill version loaded in a
+turn fails when
+
+1. the turn failed: it was interrupted, or did not complete (no final answer, the
+   iteration budget ran out, the model or provider gave up: Hermes' ``completed`` is
+   false); or
+2. a tool error *after the load* follows from the skill:
+
+   a. the failing tool is named in the loaded SKILL.md (a whole word anywhere in it,
+      frontmatter included, so ``allowed-tools`` and ``requires_tools`` count), or it
+      is ``skill_view`` of this very skill (e.g. a reference file it names is missing); or
+   b. the loaded version is the candidate of a change in flight and that tool never
+      failed in a recorded turn of the skill under any other version (an error that
+      appears only under the new version).
+
+Any other tool error is the environment's, not the skill's: the record stays a success
+and keeps the errors as their own measure in its context (``tool_errors``: the turn's
+count, ``error_tools``: the tools that failed after the load, ``blamed_tools``: those
+charged to the skill). So an error rate that is the same before and after an edit
+(say an unrelated ``read_file`` that fails in every turn) never rolls the edit back.
+Limitation of (b): an unrelated error rare enough never to have been seen before the
+edit is charged to the new version until it is.
+
+Background review: Hermes' review fork (a second agent on a ``bg-review`` thread, with
+the write origin ``background_review`` and the foreground's ``session_id``) is told
+apart by :func:`in_review`; its ``skill_manage`` writes become changes, and nothing
+else it does is recorded (no loads, no tool errors, no turn end), so the foreground
+turn's record is exactly its own.
+
+Preloaded skills (``hermes chat -s skill``, ``HERMES_TUI_SKILLS``) live in the agent's
+ephemeral system prompt, which only ``pre_api_request`` sees (``request_messages``):
+each turn counts them as loads (source ``preloaded``), of the version on disk when the
+session first sent them (the prompt is built once per session).
 """
 
 import atexit
+import json
 import os
 import re
 import threading
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from sil_core.integration import fail_open
 from sil_core.integration import BackgroundWorker, State
@@ -23,6 +58,13 @@ from .skills import EditedSkill, SkillConfigAdapter, skill_of, target_for
 
 _mono = time.monotonic
 _INVOKED = re.compile(r'\[(?:IMPORTANT: The user has invoked the|Loaded as part of the[^"\]\n]*) "([^"]+)"')
+#: the marker Hermes puts before a skill preloaded into the session's system prompt (``-s``)
+PRELOADED_MARK = "[IMPORTANT: The user launched this CLI session with the "
+_PRELOADED = re.compile(re.escape(PRELOADED_MARK) + r'"([^"]+)" skill preloaded')
+#: the name Hermes gives the background review fork's thread (0.19.0)
+REVIEW_THREAD = "bg-review"
+#: how many of a skill's newest records rule (b) of the blame reads
+BLAME_LOOKBACK = 2000
 QUARANTINE_REFRESH_S = 2.0
 #: the reason of a change rolled back because a newer edit of its skill replaced it
 SUPERSEDED = "superseded by a newer edit"
@@ -32,25 +74,44 @@ EXIT_TIMEOUT_S = 5.0
 MAX_OPEN = 4096
 
 
+def in_review() -> bool:
+    """Whether this hook call runs in Hermes' background review fork (its write origin,
+    set for the fork's whole turn, or its thread), whose reads are not uses."""
+    return _compat.write_origin() == _compat.BACKGROUND or threading.current_thread().name == REVIEW_THREAD
+
+
 class Load:
-    """One skill load inside a turn: name, how, when, and the version found on disk."""
+    """One skill load inside a turn: name, how, when, the version found on disk, and its
+    SKILL.md (to tell which tools it names)."""
 
-    __slots__ = ("skill", "source", "t0", "version", "duration_ms")
+    __slots__ = ("skill", "source", "t0", "version", "duration_ms", "session", "text")
 
-    def __init__(self, skill: str, source: str, duration_ms: int = 0) -> None:
+    def __init__(self, skill: str, source: str, duration_ms: int = 0, session: Optional[str] = None) -> None:
         self.skill, self.source, self.t0, self.duration_ms = skill, source, _mono(), duration_ms
+        self.session = session
         self.version: Optional[str] = None
+        self.text = ""
+
+
+class Failure:
+    """One failed tool call of a turn: when, which tool, its skill argument, the message."""
+
+    __slots__ = ("t", "tool", "skill", "message")
+
+    def __init__(self, tool: str, skill: str, message: str) -> None:
+        self.t, self.tool, self.skill, self.message = _mono(), tool, skill, message
 
 
 class Turn:
     """What one session's current turn did: the skills it loaded and its tool errors."""
 
-    __slots__ = ("loads", "errors", "first_error")
+    __slots__ = ("loads", "errors", "first_error", "failures")
 
     def __init__(self) -> None:
         self.loads: List[Load] = []
         self.errors = 0
         self.first_error: Optional[str] = None
+        self.failures: List[Failure] = []
 
 
 class Runtime:
@@ -70,6 +131,8 @@ class Runtime:
         self.owned: set = set()  # sessions a SkillGuard.call records itself (outer layer wins)
         self._refreshed = 0.0
         self.touched: set = set()  # targets this process recorded turns of (judged at exit)
+        self.preloaded: Dict[Tuple[str, str], str] = {}  # (session, skill) -> version first sent
+        self.failed_tools: Dict[str, Dict[str, Set[str]]] = {}  # target -> version -> tools that failed
         self.worker = BackgroundWorker("sil-hermes", self._handle, max_queue=10_000)
         self._hook_exit()
 
@@ -110,13 +173,12 @@ class Runtime:
                     guard.evaluate(target)
 
     def _guard(self) -> Any:
+        """The plugin's guard, opened on first use: the home's store and ``sil:`` settings
+        (a bad setting is logged once and the defaults are used: Hermes never stops)."""
         if self.guard is None:
-            from sil_core import Guard
+            from ._settings import guard_for
 
-            home = self.adapter.home
-            url = os.environ.get("SIL_STORE") or f"sqlite:///{home / 'sil' / 'sil.db'}"
-            (home / "sil").mkdir(parents=True, exist_ok=True)
-            self.guard = Guard(url, worker_id=f"hermes:{os.getpid()}")
+            self.guard = guard_for(self.adapter.home, strict=False, worker_id=f"hermes:{os.getpid()}")
             self._hook_exit()
         return self.guard
 
@@ -166,20 +228,35 @@ class Runtime:
                 f"regressed ({got[2]}). Do not make the same edit again.")
 
     def loaded(self, session: Optional[str], skill: str, source: str, duration_ms: int = 0) -> None:
-        load = Load(skill, source, duration_ms)
+        load = Load(skill, source, duration_ms, session)
         self.turn(session).loads.append(load)
         self.worker.submit(("load", load))
 
-    def tool_error(self, session: Optional[str], tool: str, message: Optional[str]) -> None:
+    def tool_error(self, session: Optional[str], tool: str, message: Optional[str], skill: str = "") -> None:
+        """Count a failed tool call of the turn (the blame decides at its end whom it charges)."""
         t = self.turn(session)
+        text = f"{tool}: {message or 'error'}"[:200]
         with self._lock:
             t.errors += 1
+            t.failures.append(Failure(tool, skill, text))
             if t.first_error is None:
-                t.first_error = f"{tool}: {message or 'error'}"[:200]
+                t.first_error = text
 
     def slash_loads(self, session: Optional[str], message: str) -> None:
         for name in dict.fromkeys(_INVOKED.findall(message[:100_000])):
             self.loaded(session, skill_of(name), "slash")
+
+    def preloaded_loads(self, session: Optional[str], system: str) -> None:
+        """Count the skills preloaded into the system prompt as loads of this turn (once a
+        turn, though ``pre_api_request`` fires at every model call)."""
+        names = dict.fromkeys(skill_of(n) for n in _PRELOADED.findall(system))
+        if not names:
+            return
+        turn = self.turn(session)
+        with self._lock:
+            new = [n for n in names if not any(x.source == "preloaded" and x.skill == n for x in turn.loads)]
+        for name in new:
+            self.loaded(session, name, "preloaded")
 
     def pinned(self, skill: str) -> bool:
         """Whether the skill's target is pinned (this worker's view: never waits on the store)."""
@@ -252,7 +329,15 @@ class Runtime:
         return version
 
     def _on_load(self, load: Load) -> None:
-        load.version = self.version_on_disk(load.skill)
+        config = self.adapter.get_config(load.skill)
+        load.version = self.current[load.skill] = config_version(config)
+        load.text = str((config.get("files") or {}).get("SKILL.md") or "")
+        if load.source == "preloaded":  # the session's prompt holds the version it was built with
+            key = (load.session or "", load.skill)
+            with self._lock:
+                load.version = self.preloaded.setdefault(key, load.version)
+                if len(self.preloaded) > MAX_OPEN:
+                    self.preloaded.pop(next(iter(self.preloaded)))
         self._guard()
         self.refresh_quarantine()
 
@@ -312,23 +397,58 @@ class Runtime:
         guard.adopt(target, config, actor=actor)
 
     def _on_end(self, turn: Turn, completed: Any, interrupted: Any, t_end: float, session: Optional[str]) -> None:
+        """Record the turn against every skill version it loaded, each with its own blame
+        (see the module docstring)."""
         guard = self._guard()
-        if interrupted:
-            outcome = Outcome.INTERRUPTED
-        elif turn.errors or completed is False:
-            outcome = Outcome.ERROR
-        else:
-            outcome = Outcome.OK
         for load in turn.loads:
             target = target_for(load.skill)
             self.touched.add(target)
+            after = [f for f in turn.failures if f.t >= load.t0]
+            blamed = self._blame(guard, target, load, after)
+            if interrupted:
+                outcome, error_type, message = Outcome.INTERRUPTED, "Interrupted", "the turn was interrupted"
+            elif completed is False:
+                outcome, error_type, message = Outcome.ERROR, "TurnFailed", "the turn did not complete"
+            elif blamed:
+                outcome, error_type, message = Outcome.ERROR, "ToolError", blamed[0].message
+            else:
+                outcome, error_type, message = Outcome.OK, None, None
+            tools = list(dict.fromkeys(f.tool for f in after))
+            with self._lock:
+                self.failed_tools.setdefault(target, {}).setdefault(load.version or "", set()).update(tools)
             routed, arm, _ = guard.route(target, key=session)
             version = routed if routed is None or routed == load.version else load.version
             guard.record(target, success=outcome == Outcome.OK, outcome=outcome, latency_s=max(0.0, t_end - load.t0),
                          version=version, arm=arm if version == routed and routed is not None else None,
-                         error_type="ToolError" if turn.errors else None, error_message=turn.first_error,
+                         error_type=error_type, error_message=message,
                          context={"session_id": session, "source": load.source, "content_version": load.version,
-                                  "load_ms": load.duration_ms, "tool_errors": turn.errors})
+                                  "load_ms": load.duration_ms, "tool_errors": turn.errors, "error_tools": tools,
+                                  "blamed_tools": list(dict.fromkeys(f.tool for f in blamed))})
+
+    def _blame(self, guard: Any, target: str, load: Load, failures: List[Failure]) -> List[Failure]:
+        """The failures (after the load) that follow from the loaded skill version: rule
+        (a), a tool its SKILL.md names or a ``skill_view`` of itself; rule (b), under the
+        candidate of a change in flight, a tool that never failed under another version."""
+        blamed = [f for f in failures if f.skill == load.skill or _names(load.text, f.tool)]
+        rest = [f for f in failures if f not in blamed]
+        if not rest or load.version is None:
+            return blamed
+        change = guard.change(target, flush=False)
+        if change is None or not change.in_flight or change.candidate_version != load.version:
+            return blamed
+        before = self._failed_elsewhere(guard, target, load.version)
+        return blamed + [f for f in rest if f.tool not in before]
+
+    def _failed_elsewhere(self, guard: Any, target: str, version: str) -> Set[str]:
+        """The tools that failed in recorded turns of the skill under a version other than
+        ``version`` (the store's newest records, and this process's unflushed ones)."""
+        with self._lock:
+            seen = {t for v, tools in self.failed_tools.get(target, {}).items() if v != version for t in tools}
+        for record in guard.store.read_calls(target, limit=BLAME_LOOKBACK):
+            context = _context(record.context)
+            if (context.get("content_version") or record.version) != version:
+                seen.update(t for t in context.get("error_tools") or () if isinstance(t, str))
+        return seen
 
     def refresh_quarantine(self, force: bool = False, first: bool = False) -> None:
         """Re-read which versions were rolled back, and the active version of their skills
@@ -357,6 +477,21 @@ class Runtime:
                   if c.state == State.ROLLED_BACK and _reason(c) != SUPERSEDED}
         active = {skill: guard.view(target_for(skill), fresh=True).active for skill in blocked}
         self.blocked, self.active, self.rolled = blocked, active, rolled
+
+
+def _names(text: str, tool: str) -> bool:
+    """Whether SKILL.md ``text`` names the tool (a whole word: ``read_file``, not ``read``)."""
+    return bool(tool) and re.search(rf"(?<![\w-]){re.escape(tool)}(?![\w-])", text) is not None
+
+
+def _context(raw: Any) -> Dict[str, Any]:
+    """A record's context as a dict (stores keep it as JSON text)."""
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            return {}
+    return raw if isinstance(raw, dict) else {}
 
 
 def _reason(change: Any) -> str:

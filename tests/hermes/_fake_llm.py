@@ -114,3 +114,22 @@ def last_user(messages: list) -> Optional[str]:
         if m.get("role") == "user":
             return m.get("content")
     return None
+
+
+def turn_results(messages: list) -> list:
+    """The tool results after the last user message (this turn's, not the history's)."""
+    for i in range(len(messages) - 1, -1, -1):
+        if messages[i].get("role") == "user":
+            return [m for m in messages[i + 1:] if m.get("role") == "tool"]
+    return [m for m in messages if m.get("role") == "tool"]
+
+
+def records(guard, target: str) -> list:
+    """The target's call records, oldest first, each with its context as a dict."""
+    import json
+
+    guard.flush()
+    rows = guard.store.read_calls(target, limit=10_000)
+    for r in rows:
+        r.context = json.loads(r.context) if isinstance(r.context, str) else (r.context or {})
+    return rows

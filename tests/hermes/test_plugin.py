@@ -35,7 +35,8 @@ def test_the_entry_point_plugin_is_loaded_with_its_hooks(plugin_manager):
     plugin = plugin_manager._plugins["sil"]
     assert plugin.enabled and plugin.error is None
     assert set(plugin.hooks_registered) == {"pre_tool_call", "post_tool_call", "transform_tool_result", "pre_llm_call",
-                                         "on_session_end"}
+                                         "pre_api_request", "on_session_end"}
+    assert "guarded change" in plugin.manifest.description
 
 
 def test_a_skill_manage_write_becomes_a_guarded_change_by_the_foreground(home, guard):
@@ -251,7 +252,7 @@ def test_a_turn_outcome_goes_to_the_loaded_skill_version(home, guard):
     rt = attach(guard)
     v1 = config_version(rt.adapter.get_config("demo-skill"))
     call("skill_view", {"name": "demo-skill"}, session_id="s1")
-    call("skill_view", {"name": "missing-reference"}, session_id="s1")  # a tool error later in the turn
+    call("skill_view", {"name": "missing-reference"}, session_id="s1")  # a tool error the skill does not cause
     plugin.on_session_end(session_id="s1", completed=True, interrupted=False)
     call("skill_view", {"name": "demo-skill"}, session_id="s2")
     plugin.on_session_end(session_id="s2", completed=False, interrupted=True)
@@ -259,7 +260,7 @@ def test_a_turn_outcome_goes_to_the_loaded_skill_version(home, guard):
     guard.flush()
     calls = guard.store.read_calls("hermes:demo-skill", limit=10)
     outcomes = sorted((c.outcome, json.loads(c.context)["content_version"]) for c in calls)
-    assert outcomes == [("error", v1), ("interrupted", v1)]
+    assert outcomes == [("interrupted", v1), ("ok", v1)]
 
 
 def test_a_slash_command_invocation_counts_as_a_load(home, guard):
