@@ -110,15 +110,19 @@ class ChangeControl:
         Blocks on the store and the adapter; use :meth:`apromote` in a coroutine."""
         return self._changes.promote(target, Verdict(Verdict.HEALTHY, f"promoted by {actor}", "manual"), actor=actor)
 
-    def rollback(self, target: str, *, actor: str = "api", reason: str | None = None, cooldown: bool = True) -> bool:
+    def rollback(self, target: str, *, actor: str = "api", reason: str | None = None, cooldown: bool = True,
+                 restore: bool = True) -> bool:
         """Roll the change in flight back now (idempotent: ``False`` if there is none);
         ``reason`` goes to the trail and the change. ``cooldown=False`` lets the same patch
-        be proposed again at once (a change superseded by a newer edit, not judged bad). A
-        change already promoted is undone with :meth:`revert`.
+        be proposed again at once (a change superseded by a newer edit, not judged bad).
+        ``restore=False`` ends the change without writing the baseline through the adapter,
+        for an integration whose target already holds something newer (an edit that
+        supersedes the change, proposed right after). A change already promoted is undone
+        with :meth:`revert`.
 
         Blocks on the store and the adapter; use :meth:`arollback` in a coroutine."""
         verdict = Verdict(Verdict.REGRESSED, reason or f"rolled back by {actor}", "manual")
-        return self._changes.rollback(target, verdict, actor=actor, cooldown=cooldown)
+        return self._changes.rollback(target, verdict, actor=actor, cooldown=cooldown, restore=restore)
 
     def adopt(self, target: str, config: dict, *, actor: str = "api") -> str:
         """Make ``config`` the target's active version without a change (nothing is written

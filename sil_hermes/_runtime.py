@@ -287,7 +287,9 @@ class Runtime:
             return
         background = _compat.BACKGROUND in (got[1], _compat.write_origin())
         origin = _compat.BACKGROUND if background else "foreground"
-        self.worker.submit(("edit", skill, got[0], origin, status, action, session))
+        # the disk right after this write (the next write may land before the worker runs)
+        after = self.adapter.get_config(skill) if status == "ok" else got[0]
+        self.worker.submit(("edit", skill, got[0], after, origin, status, action, session))
 
     def end(self, session: Optional[str], completed: Any, interrupted: Any) -> Optional[Turn]:
         key = session or ""
@@ -341,13 +343,14 @@ class Runtime:
         self._guard()
         self.refresh_quarantine()
 
-    def _on_edit(self, skill: str, before: dict, origin: str, status: str, action: str, session: Optional[str]) -> None:
-        """Make the guard agree with the disk after a ``skill_manage`` write: a created skill
-        becomes the skill's first version (the baseline of its later edits); an edit becomes
-        a switch-mode change; an edit while a change is in flight supersedes it (rolled back,
-        then the edit is proposed against the same baseline); an edit the guard refuses
-        (cooldown, pinned) is undone on disk."""
-        after = self.adapter.get_config(skill)
+    def _on_edit(self, skill: str, before: dict, after: dict, origin: str, status: str, action: str,
+                 session: Optional[str]) -> None:
+        """Make the guard agree with the disk after a ``skill_manage`` write (``before`` and
+        ``after`` were read around the write itself): a created skill becomes the skill's
+        first version (the baseline of its later edits); an edit becomes a switch-mode
+        change; an edit while a change is in flight supersedes it (ended without touching
+        the disk, which holds the newer edit, then the edit is proposed against the same
+        baseline); an edit the guard refuses (cooldown, pinned) is undone on disk."""
         self.current[skill] = config_version(after)
         if status != "ok" or after == before:
             return
@@ -359,9 +362,10 @@ class Runtime:
         adapter: Any = EditedSkill(self.adapter, before)
         if in_flight:
             baseline = self._version_config(guard, target, latest.baseline_version)
-            if baseline is not None and guard.rollback(target, actor=actor, reason=SUPERSEDED, cooldown=False):
+            if baseline is not None and guard.rollback(target, actor=actor, reason=SUPERSEDED, cooldown=False,
+                                                       restore=False):
                 superseded, before = latest.id, baseline
-                adapter = self.adapter  # the disk holds the baseline again: the proposal writes the edit
+                adapter = EditedSkill(self.adapter, baseline)  # the disk holds the edit: nothing to write
             # else another worker holds it: the proposal is refused below and the edit undone
         if not in_flight and not before.get("files") and after.get("files") \
                 and not guard.view(target, fresh=True).pinned:
@@ -425,11 +429,23 @@ class Runtime:
                                   "load_ms": load.duration_ms, "tool_errors": turn.errors, "error_tools": tools,
                                   "blamed_tools": list(dict.fromkeys(f.tool for f in blamed))})
 
+    def blame_turn(self, guard: Any, skill: str, text: str, version: Optional[str],
+                   failures: List[Failure]) -> List[Failure]:
+        """The failures of a turn that served ``skill`` at ``version`` (its SKILL.md
+        ``text``) and follow from it (``SkillGuard.call``: the same rules as a load's)."""
+        load = Load(skill, "guarded")
+        load.version, load.text = version, text
+        target = target_for(skill)
+        blamed = self._blame(guard, target, load, failures)
+        with self._lock:
+            self.failed_tools.setdefault(target, {}).setdefault(version or "", set()).update(f.tool for f in failures)
+        return blamed
+
     def _blame(self, guard: Any, target: str, load: Load, failures: List[Failure]) -> List[Failure]:
         """The failures (after the load) that follow from the loaded skill version: rule
         (a), a tool its SKILL.md names or a ``skill_view`` of itself; rule (b), under the
         candidate of a change in flight, a tool that never failed under another version."""
-        blamed = [f for f in failures if f.skill == load.skill or _names(load.text, f.tool)]
+        blamed = [f for f in failures if f.skill == load.skill or names_tool(load.text, f.tool)]
         rest = [f for f in failures if f not in blamed]
         if not rest or load.version is None:
             return blamed
@@ -479,7 +495,7 @@ class Runtime:
         self.blocked, self.active, self.rolled = blocked, active, rolled
 
 
-def _names(text: str, tool: str) -> bool:
+def names_tool(text: str, tool: str) -> bool:
     """Whether SKILL.md ``text`` names the tool (a whole word: ``read_file``, not ``read``)."""
     return bool(tool) and re.search(rf"(?<![\w-]){re.escape(tool)}(?![\w-])", text) is not None
 

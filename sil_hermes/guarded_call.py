@@ -78,19 +78,26 @@ class SkillGuard:
                 result = agent.run_conversation(message)
             finally:
                 turn = rt.release(session)
-            call.success = self._judge(result, turn)
+            text = content if content is not None else (self._on_disk(skill) or "")
+            failures = list(turn.failures) if turn else []
+            blamed = [f.tool for f in rt.blame_turn(self.guard, skill, text, call.version, failures)]
+            call.success = self._judge(result, blamed)
             call.context = {"skill": skill, "session_id": session, "served_from": "version" if content else "disk",
-                            "tool_errors": turn.errors if turn else 0}
+                            "tool_errors": turn.errors if turn else 0,
+                            "error_tools": list(dict.fromkeys(f.tool for f in failures)),
+                            "blamed_tools": list(dict.fromkeys(blamed))}
         return result
 
     def _on_disk(self, skill: str) -> Optional[str]:
         return (self.adapter.get_config(skill)["files"] or {}).get("SKILL.md")
 
-    def _judge(self, result: Any, turn: Any) -> bool:
+    def _judge(self, result: Any, blamed: list) -> bool:
+        """The turn failed, a tool error follows from the skill (a tool its SKILL.md names,
+        or its own files), or ``success`` says no; other tool errors do not fail the skill."""
         if not isinstance(result, dict) or not result.get("completed") or result.get("failed") \
                 or result.get("interrupted"):
             return False
-        if turn is not None and turn.errors:
+        if blamed:
             return False
         return bool(self.success(result)) if self.success is not None else True
 

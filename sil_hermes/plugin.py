@@ -28,6 +28,7 @@ not uses, its tool errors and its turn end are not the foreground turn's.
 """
 
 import json
+import sys
 from typing import Any, Optional
 
 from sil_core.integration import report
@@ -99,8 +100,8 @@ def post_tool_call(tool_name: str = "", args: Any = None, status: str = "", dura
 def transform_tool_result(tool_name: str = "", args: Any = None, result: Any = None, status: str = "",
                           **_: Any) -> Optional[str]:
     """Tell the model, once per rollback, that the skill it just loaded was rolled back."""
-    if tool_name != "skill_view" or status != "ok" or not isinstance(result, str):
-        return None
+    if tool_name != "skill_view" or status != "ok" or not isinstance(result, str) or in_review():
+        return None  # the review is not who must be told (it would use the notice up)
     try:
         name = _skill_arg(args)
         if not name or (args or {}).get("file_path"):
@@ -152,9 +153,17 @@ def on_session_end(session_id: Optional[str] = None, completed: Any = None, inte
     background review's turn end: it shares the foreground's session id)."""
     try:
         if not in_review():
-            runtime().end(session_id, completed, interrupted)
+            rt = runtime()
+            rt.end(session_id, completed, interrupted)
+            if _oneshot():  # `hermes -z` leaves with os._exit, past atexit: drain now (bounded)
+                rt.at_exit()
     except Exception as exc:
         report("hermes.on_session_end", exc)
+
+
+def _oneshot() -> bool:
+    """Whether this process runs ``hermes -z`` (it ends with ``os._exit``, skipping atexit)."""
+    return "hermes_cli.oneshot" in sys.modules
 
 
 DESCRIPTION = "Versions and rollback for Hermes skills: every skill edit becomes a guarded change (sil-guard)"

@@ -54,17 +54,18 @@ class Actions:
         self.m.invalidate(row.target)
         return row if ok else None
 
-    def rollback(self, target: str, verdict: Verdict | None, *, actor: str, cooldown: bool = True) -> bool:
+    def rollback(self, target: str, verdict: Verdict | None, *, actor: str, cooldown: bool = True,
+                 restore: bool = True) -> bool:
         """Restore the baseline (switch mode: through the adapter) and end the change;
         ``cooldown=False`` (a change superseded by a newer one, not judged bad) does not
-        refuse its patch afterwards."""
+        refuse its patch afterwards; ``restore=False`` writes nothing through the adapter."""
         m = self.m
         acquired = self.acquire(target, _ACTIVE | {State.RESTORE_FAILED})
         if acquired is None:
             return False
         row, rev = acquired
-        adapter = m.adapter_for_row(target, row) if row.mode == Mode.SWITCH else None
-        if row.mode == Mode.SWITCH and adapter is None:
+        adapter = m.adapter_for_row(target, row) if row.mode == Mode.SWITCH and restore else None
+        if row.mode == Mode.SWITCH and restore and adapter is None:
             self.commit(row, rev)  # release: a worker holding the adapter will act
             return False
         first = row.state != State.RESTORE_FAILED
@@ -83,7 +84,8 @@ class Actions:
             active=row.baseline_version, blocked={**h.blocked, row.patch_hash: until} if cooldown else h.blocked))
         m.note(done)
         m.trail("rollback_succeeded", target, row.id, actor, restored_version=row.baseline_version, mode=row.mode,
-                restore_attempts=row.restore.get("attempts", 0), cooldown=cooldown)
+                restore_attempts=row.restore.get("attempts", 0), cooldown=cooldown,
+                **({} if restore else {"restored": False}))
         m.notify("rollback_succeeded", target, f"{target}: rolled back {row.candidate_version} to "
                  f"{row.baseline_version}" + (f" ({verdict.reason})" if verdict else ""), change_id=row.id)
         self.tell_strategy(done, verdict)

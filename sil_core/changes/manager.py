@@ -152,8 +152,8 @@ class ChangeManager:
     def promote(self, target: str, verdict: Any, *, actor: str) -> bool:
         return self.actions.promote(target, verdict, actor=actor)
 
-    def rollback(self, target: str, verdict: Any, *, actor: str, cooldown: bool = True) -> bool:
-        return self.actions.rollback(target, verdict, actor=actor, cooldown=cooldown)
+    def rollback(self, target: str, verdict: Any, *, actor: str, cooldown: bool = True, restore: bool = True) -> bool:
+        return self.actions.rollback(target, verdict, actor=actor, cooldown=cooldown, restore=restore)
 
     def adopt(self, target: str, config: dict, *, actor: str) -> str:
         return self.operator.adopt(target, config, actor=actor)

@@ -74,3 +74,28 @@ def test_one_process_per_turn_rolls_a_bad_edit_back_and_loses_no_record(home):
         assert guard.verify_trail().ok
     finally:
         guard.close()
+
+
+def test_hermes_z_loses_no_turn_record(home, tmp_path):
+    """``hermes -z`` ends with ``os._exit`` (no atexit): the plugin drains at the turn's end."""
+    from sil_core import Guard
+
+    from ._fake_llm import records
+
+    store = f"sqlite:///{tmp_path / 'z.db'}"
+    with FakeLLM(skill_script(lambda: False)) as fake:
+        config = home / "config.yaml"
+        config.write_text(config.read_text() + f"model:\n  default: fake-model\n  provider: custom\n"
+                                               f"  base_url: {fake.base_url}\n  api_key: sk-fake\ntoolsets: [skills]\n")
+        env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+        env.update(HERMES_HOME=str(home), SIL_STORE=store)
+        for _ in range(3):
+            out = subprocess.run([sys.executable, "-m", "hermes_cli.main", "-z", "what is the demo?"], env=env,
+                                 capture_output=True, text=True, timeout=120)
+            assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-2000:]
+    guard = Guard(store, worker_id="test")
+    try:
+        rows = records(guard, TARGET)
+    finally:
+        guard.close()
+    assert [r.outcome for r in rows] == ["ok"] * 3
