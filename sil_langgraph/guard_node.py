@@ -25,6 +25,9 @@ else ``"ok"``.
 No ``from __future__ import annotations`` here: LangGraph reads ``__call__``'s signature.
 """
 
+import asyncio
+import inspect
+import threading
 from typing import Any, Callable, Optional
 
 from sil_core import ConfigError
@@ -51,6 +54,10 @@ class GuardNode:
         update: optional ``update(state, ok) -> dict`` whose result is the node's state
             update (e.g. to write the verdict into state); by default the node writes
             nothing.
+        evaluate: optional ``evaluate(state)``, a quality score of the state (an LLM
+            judge): run once per verdict, later, on the guard's evaluator pool
+            (``guard.evaluate_later``), and given to every execution this verdict judges
+            (a number: their ``score``; a dict: ``success``, ``score``, metrics).
 
     Example::
 
@@ -60,8 +67,9 @@ class GuardNode:
     """
 
     def __init__(self, guard: Any, target: str, check: Callable[[Any], Any], *, name: Optional[str] = None,
-                 update: Optional[Callable[[Any, bool], Any]] = None) -> None:
-        self.guard, self.target, self.check, self.update = guard, target, check, update
+                 update: Optional[Callable[[Any, bool], Any]] = None,
+                 evaluate: Optional[Callable[[Any], Any]] = None) -> None:
+        self.guard, self.target, self.check, self.update, self.evaluate = guard, target, check, update, evaluate
         self.__name__ = name or f"guard_{target}"
         self._lg = load()
         self._ledger = ledger(guard)
@@ -76,7 +84,7 @@ class GuardNode:
         note_own_node()  # GuardCallbackHandler leaves sil-guard's own nodes out
         ok = self._judge(state)
         try:
-            self._record(ok)
+            self._record(ok, state)
         except ConfigError:
             raise  # a graph whose verdicts cannot be attributed: said at the first run
         except Exception as exc:  # fail open: the graph keeps running
@@ -128,7 +136,7 @@ class GuardNode:
             return view.candidate if bucket(view.change_id, thread, view.key_hash) < view.weight else view.baseline
         return self.guard.route(self.target, key=thread)[0]
 
-    def _record(self, ok: bool) -> None:
+    def _record(self, ok: bool, state: Any = None) -> None:
         configurable = self._configurable()
         thread = configurable.get("thread_id")
         calls = self._ledger.take(self.target, run_of(configurable), thread)
@@ -141,6 +149,10 @@ class GuardNode:
         if not ok:
             for call_id in calls:
                 self.guard.feedback(call_id, success=False)
+        if self.evaluate is not None and calls:
+            once = _Once(self.evaluate)
+            for call_id in calls:
+                self.guard.evaluate_later(call_id, once, state)
 
     def _unattributed(self, thread: Any) -> None:
         """A verdict with no call to judge: never recorded as a guess."""
@@ -151,3 +163,27 @@ class GuardNode:
         if not self._attributed:
             raise ConfigError(message)
         report("guard_node.unattributed", RuntimeError(message))
+
+
+class _Once:
+    """``fn(state)`` computed once for every call one verdict judges (thread-safe)."""
+
+    def __init__(self, fn: Callable[[Any], Any]) -> None:
+        self.fn, self.lock, self.done, self.value, self.error = fn, threading.Lock(), False, None, None
+
+    def __call__(self, state: Any) -> Any:
+        with self.lock:
+            if not self.done:
+                self.done = True
+                try:
+                    value = self.fn(state)
+                    self.value = asyncio.run(_wait(value)) if inspect.isawaitable(value) else value
+                except Exception as exc:  # raised to each call's evaluation (reported there)
+                    self.error = exc
+            if self.error is not None:
+                raise self.error
+            return self.value
+
+
+async def _wait(awaitable: Any) -> Any:
+    return await awaitable

@@ -20,6 +20,15 @@ call of ``target``:
   is returned all the same). Its context counts the run's model calls, tool calls and tool
   errors (``ToolMessage`` with status ``"error"``). An exception escaping a model call or a
   tool call is recorded as a failure there and re-raised unchanged.
+* Tokens and cost: the ``usage_metadata`` of every model response that passes through
+  ``wrap_model_call`` (what the agent's model node receives: a retried or fallen-back call
+  once, its final response) adds to the run's ``tokens_in`` / ``tokens_out``; ``cost_usd``
+  is the cost the framework reports, else ``prices`` (``{model: (USD in, USD out per
+  million tokens)}`` or a ``sil_core.PriceTable``; model: the response's ``model_name``,
+  else the request's model), recorded only when every model call of the run has one.
+  Model calls made inside tools are not the agent's and are not counted.
+* ``evaluate(state)`` scores each completed run's final state later, on the guard's
+  evaluator pool (``guard.evaluate_later``): a number is the run's ``score``.
 * Interrupts (``HumanInTheLoopMiddleware``, ``interrupt()`` in a tool) are not failures: the
   run is pinned to its version (the guard's store, kind ``"pin"``, key
   ``"<target>|<thread id>"``) and, when the thread is resumed (in this process or another),
@@ -48,10 +57,11 @@ import time
 import weakref
 from typing import Any, Callable, Optional
 
-from sil_core.integration import judge_result, report
+from sil_core.integration import judge_result, new_id, report
 from sil_core.versions import get_version
 
 from . import _compat
+from ._usage import Tally, price_table
 from .adapters import arm_key, version_key
 
 __all__ = ("GuardMiddleware", "change_key", "default_configure")
@@ -77,9 +87,10 @@ class _Run:
     """One agent run in flight."""
 
     __slots__ = ("version", "arm", "config", "change_id", "ts", "t0", "elapsed", "last", "thread", "ns",
-                 "model_calls", "tool_calls", "tool_errors", "done", "pinned", "meta", "lock")
+                 "model_calls", "tool_calls", "tool_errors", "done", "pinned", "meta", "lock", "usage")
 
-    def __init__(self, version: Any, arm: Any, config: Any, change_id: Any, thread: Any, ns: str) -> None:
+    def __init__(self, version: Any, arm: Any, config: Any, change_id: Any, thread: Any, ns: str,
+                 prices: Any = None) -> None:
         self.version, self.arm, self.config, self.change_id = version, arm, config, change_id
         self.ts, self.t0, self.elapsed = _now(), _perf(), 0.0
         self.last = self.t0
@@ -87,6 +98,7 @@ class _Run:
         self.model_calls = self.tool_calls = self.tool_errors = 0
         self.done = self.pinned = False
         self.lock = threading.Lock()
+        self.usage = Tally({}, prices)  # the run's tokens and cost, summed over its model calls
         meta = {}
         if version is not None:
             meta["version"] = version
@@ -104,7 +116,8 @@ class _Run:
 
     def pin_value(self) -> dict:
         return {"version": self.version, "arm": self.arm, "change_id": self.change_id, "ts": self.ts,
-                "elapsed": self.active_time(), **self.context()}
+                "elapsed": self.active_time(), **self.context(), "metrics": dict(self.usage.metrics),
+                "uncosted": self.usage.uncosted}
 
 
 _model_cache: dict = {}
@@ -153,11 +166,13 @@ class _GuardMiddlewareLogic:
 
     def __init__(self, guard: Any, target: str, *, check: Optional[Callable[[Any], Any]] = None,
                  key: Optional[Callable[[Any, Any], Any]] = None,
-                 configure: Optional[Callable[[Any, Optional[dict]], Any]] = None) -> None:
+                 configure: Optional[Callable[[Any, Optional[dict]], Any]] = None,
+                 evaluate: Optional[Callable[[Any], Any]] = None, prices: Any = None) -> None:
         super().__init__()
         if not isinstance(target, str) or not target:
             raise ValueError("target must be a non-empty string")
         self.guard, self.target, self.check, self.key = guard, target, check, key
+        self.evaluate, self.prices = evaluate, price_table(prices)
         self.configure = configure or default_configure
         self._lg = _compat.load()
         self._rec = guard.recorder(target)
@@ -223,7 +238,9 @@ class _GuardMiddlewareLogic:
             config = self.guard.adapter_config(self.target) if version is None else \
                 get_version(self.guard.store, self.target, version)
             run = _Run(version, pin.get("arm"), None if config is None else dict(config), pin.get("change_id"),
-                       thread, ns)
+                       thread, ns, self.prices)
+            run.usage.metrics.update(pin.get("metrics") or {})
+            run.usage.uncosted = bool(pin.get("uncosted"))
             run.ts, run.elapsed, run.pinned = pin.get("ts") or run.ts, float(pin.get("elapsed") or 0.0), True
             run.model_calls, run.tool_calls = int(pin.get("model_calls") or 0), int(pin.get("tool_calls") or 0)
             run.tool_errors = int(pin.get("tool_errors") or 0)
@@ -270,7 +287,7 @@ class _GuardMiddlewareLogic:
             version, arm, served = view.route(routing)
             if version is None:
                 served = self.guard.adapter_config(self.target)
-            run = _Run(version, arm, served, view.change_id if arm is not None else None, thread, ns)
+            run = _Run(version, arm, served, view.change_id if arm is not None else None, thread, ns, self.prices)
             if thread is not None:
                 with self._lock:
                     old = self._threads.get((thread, ns))
@@ -282,7 +299,7 @@ class _GuardMiddlewareLogic:
         except Exception as exc:
             report("langchain.before_agent", exc)
 
-    def _finish(self, run: _Run, exc: Optional[BaseException], ok: Any) -> Any:
+    def _finish(self, run: _Run, exc: Optional[BaseException], ok: Any, call_id: Optional[str] = None) -> Any:
         """The record of a completed run (once), or ``None``."""
         with run.lock:
             if run.done:
@@ -297,7 +314,8 @@ class _GuardMiddlewareLogic:
             if run.pinned:
                 self._clear_pin(run)
             route = (run.version, run.arm, run.config) if run.version is not None else None
-            return self._rec.end((route, None), run.ts, run.active_time(), exc, ok, context=run.context())
+            return self._rec.end((route, None), run.ts, run.active_time(), exc, ok, context=run.context(),
+                                 call_id=call_id, metrics=run.usage.close())
         except Exception as err:
             report("langchain.record", err)
             return None
@@ -314,7 +332,13 @@ class _GuardMiddlewareLogic:
             if run is None:
                 return None
             ok = judge_result(self.check, state)
-            return self._finish(run, None, ok)
+            if self.evaluate is None:
+                return self._finish(run, None, ok)
+            call_id = new_id()
+            record = self._finish(run, None, ok, call_id)
+            if record is not None:
+                self.guard.evaluate_later(call_id, self.evaluate, state)
+            return record
         except Exception as exc:
             report("langchain.after_agent", exc)
             return None
@@ -356,6 +380,21 @@ class _GuardMiddlewareLogic:
             except ValueError:
                 pass
 
+    def _count(self, run: Optional[_Run], request: Any, response: Any) -> None:
+        """Add a model response's usage (its ``AIMessage``s) to the run's tokens and cost."""
+        if run is None:
+            return
+        try:
+            inner = getattr(response, "model_response", response)  # an ExtendedModelResponse's
+            messages = getattr(inner, "result", None)
+            if messages is None:
+                messages = (inner,)  # a handler may return the AIMessage itself
+            for message in messages:
+                if getattr(message, "usage_metadata", None):
+                    run.usage.add(message, _model_name(request.model))
+        except Exception as exc:
+            report("langchain.usage", exc)
+
     def _tool_result(self, run: Optional[_Run], result: Any) -> None:
         if run is None:
             return
@@ -396,6 +435,7 @@ class _GuardMiddlewareLogic:
         if run is not None:
             run.model_calls += 1
             run.last = _perf()
+            self._count(run, request, response)
         return response
 
     async def awrap_model_call(self, request: Any, handler: Callable[[Any], Any]) -> Any:
@@ -413,6 +453,7 @@ class _GuardMiddlewareLogic:
         if run is not None:
             run.model_calls += 1
             run.last = _perf()
+            self._count(run, request, response)
         return response
 
     def wrap_tool_call(self, request: Any, handler: Callable[[Any], Any]) -> Any:

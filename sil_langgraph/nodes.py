@@ -28,6 +28,20 @@ Outcomes:
   builder's and ``guarded_node`` uses its ``retry_policy=``. Without a policy, or on
   langgraph < 1.1.3 (no ``node_attempt``), every failure is final.
 
+Tokens and cost: each execution adds a LangChain callback handler to its own callbacks
+(``config["callbacks"]``, a manager LangGraph makes per execution and attempt), so every
+chat-model run started inside it, in any thread or task the config or context reaches,
+adds its ``usage_metadata`` to that execution's ``tokens_in`` / ``tokens_out`` (the same
+dict as ``current_call().metrics``), once per model run (a stream counts its final,
+aggregated message; a model run nested in another is left to the outer one). ``cost_usd``
+is the cost the framework reports (``usage_metadata["total_cost"]``), else ``prices``,
+and is recorded only when every model call of the execution has one. Like latency, usage
+is inclusive: a node that runs a subgraph counts the subgraph's model calls, and a guarded
+node inside that subgraph counts its own too (so per-target sums of nested targets count
+a call twice; parallel branches are separate executions and never mix). A model called
+in a thread that was given neither the config nor a copy of the context is not seen.
+``evaluate(update)`` scores each execution that returned later, off the hot path.
+
 Pinning ("approved v1, got v2"): a node interrupted writes a pin ``{version, arm}`` to the
 guard's store (kind ``"pin"``, key ``"<target>|<thread id>|<task id>"``; the task id, stable across resume, is left out
 before langgraph 1.1.3). A target no version serves yet is pinned to its adapter's config,
@@ -53,6 +67,7 @@ from sil_core.versions import get_version, put_version
 
 from ._compat import RESUMING_KEY, UNKNOWN, load, node_attempt, running_retry_policy, task_id, will_retry
 from ._ledger import ledger, run_of
+from ._usage import price_table, unwatch, watch
 
 __all__ = ("add_guarded_node", "guarded_node", "node_config")
 
@@ -79,11 +94,11 @@ class _Node:
     """The per-execution decisions of one guarded node, written once for both shells."""
 
     __slots__ = ("guard", "target", "success", "retry_policy", "default_name", "key", "lg", "ledger", "names",
-                 "recorders")
+                 "recorders", "evaluate")
 
     def __init__(self, guard: Any, target: Optional[str], success: Any, retry_policy: Any, default_name: str,
-                 key: Optional[Callable[[Any], Any]] = None) -> None:
-        self.guard, self.target, self.success, self.key = guard, target, success, key
+                 key: Optional[Callable[[Any], Any]] = None, evaluate: Optional[Callable[[Any], Any]] = None) -> None:
+        self.guard, self.target, self.success, self.key, self.evaluate = guard, target, success, key, evaluate
         self.retry_policy, self.default_name = retry_policy, default_name
         self.lg = load()
         self.ledger = ledger(guard)
@@ -95,7 +110,7 @@ class _Node:
         to a local (the wrapper runs on every node execution; see ``langgraph_overhead.py``)."""
         target, default_name, names, success, key = self.target, self.default_name, self.names, self.success, self.key
         judged, pinned_route, settle, recorders = self.ledger.judged, self._pinned, self._settle, self.recorders
-        tag = self._tag
+        tag, evaluate, evaluated = self._tag, self.evaluate, self._evaluated
 
         def begin(config: Any) -> tuple:
             """``(target, thread, configurable, route, token, pinned)`` of an execution starting
@@ -124,20 +139,32 @@ class _Node:
                 tag(config, name, route)
             return name, thread, configurable, route, token, False
 
-        def end(run: tuple, ts: float, duration: float, exc: Optional[BaseException], result: Any) -> Any:
+        def end(run: tuple, ts: float, duration: float, exc: Optional[BaseException], result: Any,
+                metrics: Optional[dict] = None) -> Any:
             """The record of a finished execution (``None`` on an internal failure)."""
             try:
                 name, thread, configurable, route, token, pinned = run
                 attempt = node_attempt(configurable) if configurable else None  # None: LangGraph < 1.1.3
                 if exc is None and not pinned and name not in judged:  # the common case
                     ok = True if success is None else judge_result(success, result)
-                    return recorders[name].end((route, token), ts, duration, None, ok, attempt=attempt or 1)
-                return settle(run, attempt, ts, duration, exc, result)
+                    record = recorders[name].end((route, token), ts, duration, None, ok, attempt=attempt or 1,
+                                                 metrics=metrics)
+                else:
+                    record = settle(run, attempt, ts, duration, exc, result, metrics)
+                if evaluate is not None and exc is None and record is not None:
+                    evaluated(record, result)
+                return record
             except Exception as err:
                 report("langgraph.record", err)
                 return None
 
         return begin, end
+
+    def _evaluated(self, record: Any, result: Any) -> None:
+        """Queue ``evaluate(result)`` against the record's call id (made now if it has none)."""
+        call_id = record.id if isinstance(record.id, str) else getattr(record.id, "call_id", None) or new_id()
+        record.id = call_id
+        self.guard.evaluate_later(call_id, self.evaluate, result)
 
     def _register(self, name: str, config: Any) -> None:
         self.recorders[name] = self.guard.recorder(name)
@@ -159,12 +186,13 @@ class _Node:
             return None
 
     def _settle(self, run: tuple, attempt: Optional[int], ts: float, duration: float, exc: Optional[BaseException],
-                result: Any) -> Any:
+                result: Any, metrics: Optional[dict] = None) -> Any:
         """The record of an execution off the common path: a failure, a retried attempt, an
         interrupt (pin the version), the end of a pinned execution, a judged target."""
         name, thread, configurable, route, token, pinned = run
         ok = True if exc is not None else judge_result(self.success, result)
-        record = self.recorders[name].end((route, token), ts, duration, exc, ok, attempt=attempt or 1)
+        record = self.recorders[name].end((route, token), ts, duration, exc, ok, attempt=attempt or 1,
+                                          metrics=metrics)
         if record is None:
             return None
         outcome = record.outcome
@@ -218,6 +246,15 @@ class _Node:
         return policy() if callable(policy) else policy
 
 
+def _metrics_of(run: tuple) -> dict:
+    """The metrics dict of a routed execution (``current_call().metrics``, so the node's own
+    values and the captured usage are one dict), else a new one."""
+    if run[4] is None:
+        return {}
+    info = current_call()
+    return {} if info is None else info.metrics
+
+
 def _routing_key(key: Callable[[Any], Any], config: Any, default: Any) -> Any:
     """``key(config)``, the routing key of an execution; ``default`` (the thread id, else
     the task id) if it fails or gives ``None``."""
@@ -265,7 +302,8 @@ def _guarded_runnable(runnable: Any, **kwargs: Any) -> Any:
 
 def guarded_node(fn: Callable[..., Any], *, guard: Any, target: Optional[str] = None,
                  success: Optional[Callable[[Any], Any]] = None, retry_policy: Any = None,
-                 key: Optional[Callable[[Any], Any]] = None) -> Callable[..., Any]:
+                 key: Optional[Callable[[Any], Any]] = None, evaluate: Optional[Callable[[Any], Any]] = None,
+                 prices: Any = None) -> Callable[..., Any]:
     """Wrap a node function so each execution is recorded by ``guard``.
 
     Args:
@@ -281,12 +319,20 @@ def guarded_node(fn: Callable[..., Any], *, guard: Any, target: Optional[str] = 
         key: ``key(config)`` (LangGraph's ``RunnableConfig`` of the execution) returns the
             routing key of a canary, e.g. ``config["configurable"]["user_id"]``; by default
             the thread id. A key that raises or returns ``None`` falls back to the thread id.
+        evaluate: ``evaluate(update)`` scores each execution that returned, later, on the
+            guard's evaluator pool (``guard.evaluate_later``): a number is the call's
+            ``score``; a dict gives ``success``, ``score`` and other metrics.
+        prices: ``{model: (USD in, USD out per million tokens)}`` or a
+            :class:`sil_core.PriceTable`: the ``cost_usd`` of model calls whose framework
+            reports no cost (see "Tokens and cost" in the module docstring).
     """
     if _is_runnable(fn):
-        return _guarded_runnable(fn, guard=guard, target=target, success=success, retry_policy=retry_policy, key=key)
+        return _guarded_runnable(fn, guard=guard, target=target, success=success, retry_policy=retry_policy, key=key,
+                                 evaluate=evaluate, prices=prices)
     if not callable(fn):
         raise ConfigError(f"guarded_node() needs a node function or a Runnable, got {type(fn).__name__}")
-    node = _Node(guard, target, success, retry_policy, getattr(fn, "__qualname__", repr(fn)), key)
+    table = price_table(prices)
+    node = _Node(guard, target, success, retry_policy, getattr(fn, "__qualname__", repr(fn)), key, evaluate)
     begin, end = node.shells()
     # The fast lane: an execution of a registered, unversioned (Recorder.plain), unjudged
     # target, not resuming, with no success predicate. It skips the shells and records
@@ -295,7 +341,7 @@ def guarded_node(fn: Callable[..., Any], *, guard: Any, target: Optional[str] = 
     # once per refresh interval (its view expires). LangGraph runs each node between
     # hundreds of µs of its own code, so every Python frame saved here counts (see
     # benchmarks/langgraph_overhead.py). Written out in both twins for the same reason.
-    fast = success is None
+    fast = success is None and evaluate is None
     current_config, recorders, judged = node.lg.current_config, node.recorders, node.ledger.judged
     default_rec = guard.recorder(target or node.default_name)
 
@@ -308,23 +354,34 @@ def guarded_node(fn: Callable[..., Any], *, guard: Any, target: Optional[str] = 
                 configurable = config.get("configurable") or _EMPTY
                 if (rec is not None and name not in judged and rec.plain()
                         and not configurable.get(RESUMING_KEY)):
+                    watched = watch(config, None, table)
                     ts, t0 = _now(), _perf()
                     try:
                         result = await fn(*args, **kwargs)
                     except BaseException as exc:
+                        duration = _perf() - t0
                         await rec.aput(end((name, configurable.get("thread_id"), configurable, None, None, False), ts,
-                                           _perf() - t0, exc, None))
+                                           duration, exc, None, unwatch(config, watched)))
                         raise
-                    rec.ok(ts, _perf() - t0, node_attempt(configurable) or 1)
+                    duration = _perf() - t0
+                    metrics = unwatch(config, watched)
+                    if metrics is None:
+                        rec.ok(ts, duration, node_attempt(configurable) or 1)
+                    else:
+                        await rec.aput(rec.end(None, ts, duration, attempt=node_attempt(configurable) or 1,
+                                               metrics=metrics))
                     return result
             run = begin(config)
+            watched = watch(config, _metrics_of(run), table) if config else None
             ts, t0 = _now(), _perf()
             try:
                 result = await fn(*args, **kwargs)
             except BaseException as exc:
-                await default_rec.aput(end(run, ts, _perf() - t0, exc, None))
+                duration = _perf() - t0
+                await default_rec.aput(end(run, ts, duration, exc, None, unwatch(config, watched)))
                 raise
-            await default_rec.aput(end(run, ts, _perf() - t0, None, result))
+            duration = _perf() - t0
+            await default_rec.aput(end(run, ts, duration, None, result, unwatch(config, watched)))
             return result
     else:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -335,23 +392,33 @@ def guarded_node(fn: Callable[..., Any], *, guard: Any, target: Optional[str] = 
                 configurable = config.get("configurable") or _EMPTY
                 if (rec is not None and name not in judged and rec.plain()
                         and not configurable.get(RESUMING_KEY)):
+                    watched = watch(config, None, table)
                     ts, t0 = _now(), _perf()
                     try:
                         result = fn(*args, **kwargs)
                     except BaseException as exc:
+                        duration = _perf() - t0
                         rec.put(end((name, configurable.get("thread_id"), configurable, None, None, False), ts,
-                                    _perf() - t0, exc, None))
+                                    duration, exc, None, unwatch(config, watched)))
                         raise
-                    rec.ok(ts, _perf() - t0, node_attempt(configurable) or 1)
+                    duration = _perf() - t0
+                    metrics = unwatch(config, watched)
+                    if metrics is None:
+                        rec.ok(ts, duration, node_attempt(configurable) or 1)
+                    else:
+                        rec.put(rec.end(None, ts, duration, attempt=node_attempt(configurable) or 1, metrics=metrics))
                     return result
             run = begin(config)
+            watched = watch(config, _metrics_of(run), table) if config else None
             ts, t0 = _now(), _perf()
             try:
                 result = fn(*args, **kwargs)
             except BaseException as exc:
-                default_rec.put(end(run, ts, _perf() - t0, exc, None))
+                duration = _perf() - t0
+                default_rec.put(end(run, ts, duration, exc, None, unwatch(config, watched)))
                 raise
-            default_rec.put(end(run, ts, _perf() - t0, None, result))
+            duration = _perf() - t0
+            default_rec.put(end(run, ts, duration, None, result, unwatch(config, watched)))
             return result
 
     functools.wraps(fn)(wrapper)
@@ -375,11 +442,12 @@ def _builder_policy(builder: Any, name: str) -> Callable[[], Any]:
 
 def add_guarded_node(builder: Any, name: str, fn: Callable[..., Any], *, guard: Any,
                      success: Optional[Callable[[Any], Any]] = None, key: Optional[Callable[[Any], Any]] = None,
+                     evaluate: Optional[Callable[[Any], Any]] = None, prices: Any = None,
                      **add_node_kwargs: Any) -> Any:
     """``builder.add_node(name, guarded_node(fn, ...), **add_node_kwargs)`` with ``name`` as
     the target; returns the builder, as ``add_node`` does."""
     wrapped = guarded_node(fn, guard=guard, target=name, success=success, retry_policy=_builder_policy(builder, name),
-                           key=key)
+                           key=key, evaluate=evaluate, prices=prices)
     return builder.add_node(name, wrapped, **add_node_kwargs)
 
 

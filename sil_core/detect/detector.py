@@ -121,13 +121,20 @@ def judge(baseline: Cell, candidate: Cell, policy: RolloutPolicy, *, check_p95: 
 
     rails_ok = True
     missing = []
+    worse: list[Verdict] = []  # every guardrail is read, so the evidence shows each metric
     for name, rail in rails.items():
         got = _guardrail(name, rail, baseline.metrics[name], candidate.metrics.get(name), policy, a_alpha, rho, evidence)
         if isinstance(got, Verdict):
-            return got
+            worse.append(got)
+            continue
         if got is None and n_b >= policy.min_calls and not (candidate.metrics.get(name) or [0])[0]:
             missing.append(name)
         rails_ok = rails_ok and bool(got)
+    if worse:
+        also = [v.metric for v in worse[1:]]
+        first = worse[0]
+        return Verdict(first.kind, first.reason + (f"; also worse: {', '.join(also)}" if also else ""), first.metric,
+                       evidence)
     note = ""
     if missing:
         evidence["missing_metrics"] = missing

@@ -154,3 +154,10 @@ def test_a_change_that_doubles_tokens_is_rolled_back_end_to_end():
     assert stats.metrics["tokens_in"].n == len(truth["candidate"])
     assert stats.metrics["tokens_in"].mean == pytest.approx(sum(truth["candidate"]) / len(truth["candidate"]))
     g.close()
+
+
+def test_every_metric_that_got_worse_is_in_the_evidence():
+    rng = random.Random(11)
+    v = judge(arm(400, rng, score=0.82, tokens=6.0), arm(150, rng, score=0.6, tokens=6.6), POLICY)
+    assert v.kind == Verdict.REGRESSED and v.metric == "score"
+    assert set(v.evidence["metrics"]) == {"score", "tokens_out"} and "also worse: tokens_out" in v.reason
