@@ -253,8 +253,19 @@ class Stats:
             score_n=cell.score_n,
             attempt_errors=cell.n_error,
             retried=cell.n_retried,
-            metrics={name: MetricStats.from_moments(name, m) for name, m in sorted(cell.metrics.items()) if m[0] > 0},
+            metrics=_metric_stats(cell),
         )
+
+
+def _metric_stats(cell: Cell) -> dict[str, MetricStats]:
+    """Each metric's stats; ``score`` from the score fields (they count every scored call,
+    those aggregated before metrics existed too, so it agrees with ``score_mean``)."""
+    out = {name: MetricStats.from_moments(name, m) for name, m in sorted(cell.metrics.items()) if m[0] > 0}
+    if cell.score_n > 0:
+        out["score"] = MetricStats.from_moments("score", [cell.score_n, cell.score_sum, cell.score_sumsq, 0, 0.0, 0.0])
+    elif "score" in out:
+        del out["score"]
+    return dict(sorted(out.items()))
 
 
 def merge(cells: Iterable[Cell]) -> Cell:

@@ -8,6 +8,9 @@
   produce them); :func:`merge_hours` folds stored rows into per-(version, arm) sums.
 - Raw reads and retention of stores that hold records in Python: :func:`matches`,
   :func:`retained`.
+- Metrics as stored text or JSON: :func:`dump_json`, and the lenient readers
+  :func:`load_metrics`, :func:`load_late_metrics`, :func:`load_moments` (a bad or
+  non-finite entry of an old or odd row is dropped, never raised).
 
 Per field (success, score) the feedback *given* last wins (``Feedback.ts``; ``None`` is
 the time the store writes it), whatever order batches arrive in; feedback for a call that
@@ -16,6 +19,8 @@ is not stored yet is kept as :class:`Pending` and folded into the record when it
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -24,8 +29,9 @@ from ..errors import ConfigError
 from ..records import CallRecord, Feedback
 
 __all__ = (
-    "Judged", "Pending", "apply_feedback", "fold_pending", "matches", "merge_cells", "merge_hours",
-    "merge_pending", "pending_bounds", "prune_order", "retained",
+    "Judged", "Pending", "apply_feedback", "dump_json", "fold_pending", "load_late_metrics", "load_metrics",
+    "load_moments", "matches", "merge_cells", "merge_hours", "merge_pending", "moments", "pending_bounds",
+    "prune_order", "retained",
 )
 
 
@@ -63,6 +69,59 @@ def merge_hours(rows: Sequence[tuple[str, str, int, Cell]], since_hour: int | No
         else:
             out[key] = cell.copy()
     return out
+
+
+# -- metrics as stored ---------------------------------------------------------------------------
+def dump_json(value: Any) -> str | None:
+    """Compact JSON text of metrics, late metric values or moments; ``None`` when empty."""
+    return json.dumps(value, separators=(",", ":")) if value else None
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _entries(value: Any) -> Iterable[tuple[str, Any]]:
+    """The ``(name, item)`` pairs of a stored mapping (JSON text or a dict); none if malformed."""
+    if isinstance(value, (str, bytes)):
+        try:
+            value = json.loads(value)
+        except (ValueError, RecursionError):
+            return ()
+    return [(k, v) for k, v in value.items() if isinstance(k, str)] if isinstance(value, dict) else ()
+
+
+def load_metrics(value: Any) -> dict[str, float] | None:
+    """A call's stored metrics: name -> finite float (``None`` when none is left)."""
+    out = {name: v for name, item in _entries(value) if (v := _finite(item)) is not None}
+    return out or None
+
+
+def load_late_metrics(value: Any) -> dict[str, list] | None:
+    """Stored late metric values: name -> ``[finite value, ts or None]``."""
+    out = {}
+    for name, item in _entries(value):
+        if isinstance(item, list) and len(item) == 2 and (v := _finite(item[0])) is not None:
+            out[name] = [v, _finite(item[1])]
+    return out or None
+
+
+def load_moments(value: Any) -> dict[str, list] | None:
+    """Stored per-metric moments (``sil_core.metrics.MOMENTS``), counts as ints."""
+    out = {name: m for name, item in _entries(value) if isinstance(item, list) and (m := moments(item))}
+    return out or None
+
+
+def moments(values: Sequence) -> list | None:
+    """Six stored moments as a cell holds them, or ``None`` when malformed or empty (n = 0)."""
+    if len(values) != 6:
+        return None
+    m = [_finite(x) for x in values]
+    if None in m or not (m[0] or m[3]):
+        return None
+    return [int(m[0]), m[1], m[2], int(m[3]), m[4], m[5]]
 
 
 # -- raw records held in Python (memory, JSONL) ---------------------------------------------------

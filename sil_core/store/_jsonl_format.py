@@ -9,11 +9,17 @@ surrogate is written as a ``\\udXXX`` escape) holds two kinds of line:
 
   plus ``"feedback_success_ts"``/``"feedback_score_ts"`` (epoch seconds: when the
   feedback in ``feedback_success``/``feedback_score`` was given) when the record carries
-  feedback that came before it (see ``pending.json``) or was folded in by a compaction.
+  feedback that came before it (see ``pending.json``) or was folded in by a compaction,
+  and ``"metrics"`` (``{"<name>": <float>}``) and ``"feedback_metrics"`` (late values,
+  ``{"<name>": [<float>, <ts given>]}``) when it has any. A value that is not a finite
+  number reads as absent.
 
 * a **feedback line** is appended when late feedback arrives for a call already on disk::
 
-      {"feedback": "<call id>", "success": true|false|null, "score": <float>|null, "ts": <float>}
+      {"feedback": "<call id>", "success": true|false|null, "score": <float>|null, "ts": <float>,
+       "metrics": {"<name>": <float>}}
+
+  (``metrics`` only when the feedback has late metric values: per name, the latest given wins.)
 
   Readers fold it into the newest earlier record line with that id (``null`` leaves a
   field unchanged), so nothing is ever rewritten in place. ``ts`` is when the feedback was
@@ -41,12 +47,14 @@ newline is a torn write and counts as corrupt.
 
 ``aggregates.json`` is one compact JSON object::
 
-    {"format": 1, "epoch": N, "calls": [st_ino, size] | null, "cells": [row, ...]}
+    {"format": 2, "epoch": N, "calls": [st_ino, size] | null, "cells": [row, ...]}
 
 where each row is ``[target, version, arm, hour, values, hist]`` (:meth:`CellTable.to_rows`:
 ``hour`` is ``ts // 3600`` or ``-1`` for the all-time cell, ``values`` the numeric fields of
 a :class:`~sil_core.aggregates.Cell` in storage order, ``hist`` the latency histogram as
-``{"<bin>": count}``). ``epoch`` goes up whenever ``calls.jsonl`` is replaced; ``calls``
+``{"<bin>": count}``), followed, in a cell whose calls carry metrics, by ``metrics``:
+``{"<name>": [n, sum, sumsq, log_n, log_sum, log_sumsq]}`` (format 2; a format-1 file has
+no metrics and reads as before). ``epoch`` goes up whenever ``calls.jsonl`` is replaced; ``calls``
 is the ``(st_ino, size)`` of ``calls.jsonl`` whose every line the cells include. Hourly
 rows older than the store's ``cell_retention_hours`` are pruned on write; all-time rows
 are never removed.
@@ -59,8 +67,11 @@ archives ``<stem>-<UTC time>[-N]<suffix>.gz`` after it, as the seed did.
 ``pending.json`` holds feedback for calls that are not in ``calls.jsonl`` yet, replaced
 whole (temp file, fsync, rename) when it changes, absent while there is none::
 
-    {"format": 1, "pending": {"<call id>": {"success": b|null, "success_ts": t|null,
-                                            "score": f|null, "score_ts": t|null, "received": t}}}
+    {"format": 2, "pending": {"<call id>": {"success": b|null, "success_ts": t|null,
+                                            "score": f|null, "score_ts": t|null, "received": t,
+                                            "metrics": {"<name>": [f, t]}}}}
+
+(``metrics``, late metric values with when each was given, only where there are some.)
 
 Per field it keeps the value given last and when (``*_ts``), and ``received`` is when the
 store last got feedback for that call. A writer storing the call folds the entry into the
@@ -104,9 +115,10 @@ from typing import Any, Iterator
 from ..aggregates import Cell, CellKey, cells_for, feedback_delta
 from ..records import CallRecord, Feedback, Outcome
 from ._table import CellTable
-from ._common import Pending, apply_feedback, merge_cells
+from ._common import Pending, apply_feedback, load_late_metrics, load_metrics, load_moments, merge_cells
 
-FORMAT = 1
+#: 2: metrics in cells rows and pending entries (files of format 1 read the same)
+FORMAT = 2
 O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 datasync = getattr(os, "fdatasync", os.fsync)
 
@@ -149,6 +161,8 @@ def encode_feedback(fb: Feedback) -> bytes:
     obj = {"feedback": fb.call_id, "success": fb.success, "score": fb.score}
     if fb.ts is not None:
         obj["ts"] = fb.ts
+    if fb.metrics:
+        obj["metrics"] = fb.metrics
     return _encode_line(obj)
 
 
@@ -162,6 +176,10 @@ def record_from_dict(obj: dict) -> CallRecord:
     record = CallRecord.from_dict(obj)
     record.feedback_success_ts = _time(obj.get("feedback_success_ts"))
     record.feedback_score_ts = _time(obj.get("feedback_score_ts"))
+    if record.metrics is not None:
+        record.metrics = load_metrics(record.metrics)
+    if record.feedback_metrics is not None:
+        record.feedback_metrics = load_late_metrics(record.feedback_metrics)
     return record
 
 
@@ -190,7 +208,7 @@ def parse_line(line: bytes) -> CallRecord | Feedback | None:
             return None
         if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):
             return None
-        return Feedback(cid, success, score, _time(obj.get("ts")))
+        return Feedback(cid, success, score, _time(obj.get("ts")), load_metrics(obj.get("metrics")))
     try:
         return record_from_dict(obj)
     except (KeyError, ValueError, TypeError, OverflowError):
@@ -376,6 +394,8 @@ def seed_record(trace: dict, call_id: str | None = None, *, line: bytes | None =
         context=text,
         feedback_success=sil.get("feedback_success") if isinstance(sil.get("feedback_success"), bool) else None,
         feedback_score=float(sil["feedback_score"]) if _is_number(sil.get("feedback_score")) else None,
+        metrics=load_metrics(sil.get("metrics")),
+        feedback_metrics=load_late_metrics(sil.get("feedback_metrics")),
     )
 
 
@@ -401,7 +421,7 @@ def encode_seed_record(r: CallRecord) -> bytes:
     what the seed has no key for (a seed trace has none, unless feedback was folded in)."""
     view = seed_view(r)
     if r.id.startswith(SEED_ID) and isinstance(r.context_value(), dict):
-        if r.feedback_success is None and r.feedback_score is None:
+        if r.feedback_success is None and r.feedback_score is None and not r.metrics and not r.feedback_metrics:
             return _encode_line(view)
         sil: dict[str, Any] = {"id": r.id}  # pinned: the line's hash changes with the feedback
     else:
@@ -411,7 +431,7 @@ def encode_seed_record(r: CallRecord) -> bytes:
                 sil[key] = getattr(r, key)
         if r.attempt != 1:
             sil["attempt"] = r.attempt
-    for key in ("feedback_success", "feedback_score"):
+    for key in ("feedback_success", "feedback_score", "metrics", "feedback_metrics"):
         if getattr(r, key) is not None:
             sil[key] = getattr(r, key)
     return _encode_line({**view, SIL_KEY: sil})
@@ -440,7 +460,8 @@ def _seed_ts(trace: dict) -> float:
 def encode_pending(pending: dict[str, Pending]) -> bytes:
     """The pending feedback as ``pending.json`` (see the module docstring)."""
     rows = {cid: {"success": p.success, "success_ts": p.success_ts, "score": p.score, "score_ts": p.score_ts,
-                  "received": p.received} for cid, p in pending.items()}
+                  "received": p.received, **({"metrics": p.metrics} if p.metrics else {})}
+            for cid, p in pending.items()}
     return (json.dumps({"format": FORMAT, "pending": rows}, ensure_ascii=False, separators=(",", ":")) + "\n").encode(
         "utf-8", "backslashreplace")
 
@@ -459,7 +480,7 @@ def decode_pending(data: bytes) -> dict[str, Pending]:
         if not (success is None or isinstance(success, bool)) or not (score is None or _is_number(score)):
             continue
         out[cid] = Pending(cid, success, _time(row.get("success_ts")), None if score is None else float(score),
-                           _time(row.get("score_ts")), float(row["received"]))
+                           _time(row.get("score_ts")), float(row["received"]), load_late_metrics(row.get("metrics")))
     return out
 
 
@@ -567,15 +588,24 @@ def read_events(data: bytes, target: str | None, after_seq: int, limit: int | No
 
 # -- aggregates.json ---------------------------------------------------------------------------
 def encode_aggregates(table: CellTable, epoch: int, covered: tuple[int, int] | None) -> bytes:
-    obj = {"format": FORMAT, "epoch": epoch, "calls": covered, "cells": table.to_rows()}
+    rows = table.to_rows()  # in the order of table.cells
+    for row, cell in zip(rows, table.cells.values()):
+        if cell.metrics:
+            row.append(cell.metrics)
+    obj = {"format": FORMAT, "epoch": epoch, "calls": covered, "cells": rows}
     return json.dumps(obj, separators=(",", ":")).encode()
 
 
 def decode_aggregates(data: bytes) -> tuple[CellTable, int, tuple[int, int] | None]:
     """``(table, epoch, covered)``; raises ValueError, KeyError, TypeError, AttributeError
-    or IndexError on a malformed file."""
+    or IndexError on a malformed file (a row's bad metric is dropped, not raised)."""
     obj = json.loads(data)
-    table, epoch = CellTable.from_rows(obj["cells"]), int(obj["epoch"])
+    table, epoch = CellTable(), int(obj["epoch"])
+    for row in obj["cells"]:
+        target, version, arm, hour, values, hist = row[:6]
+        cell = Cell.from_values(values, {int(b): n for b, n in hist.items()},
+                                load_moments(row[6]) if len(row) > 6 else None)
+        table.apply({(target, version, arm, int(hour)): cell})
     covered = obj.get("calls")
     return table, epoch, None if covered is None else (int(covered[0]), int(covered[1]))
 

@@ -18,9 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from ..aggregates import FIELDS, Cell
+from ..metrics import MOMENTS
 
 __all__ = (
-    "CALLS", "CELLS", "HIST", "INDEXES", "PENDING", "STATE", "TABLES", "TRAIL", "TYPES", "Column", "Index",
+    "CALLS", "CELLS", "HIST", "INDEXES", "METRICS", "PENDING", "STATE", "TABLES", "TRAIL", "TYPES", "Column", "Index",
     "Table", "create_statements", "index_sql", "table_sql",
 )
 
@@ -83,6 +84,7 @@ CALLS = Table("sil_calls", (
     Column("attempt", "int", True, "1"), Column("score", "float"), _text("context"),
     Column("feedback_success", "bool"), Column("feedback_score", "float"),
     Column("feedback_success_ts", "float"), Column("feedback_score_ts", "float"),
+    _text("metrics"), _text("feedback_metrics"),  # JSON: name -> value, name -> [value, ts given]
 ), ("id",))
 CELLS = Table("sil_cells", (
     *CELL_KEY,
@@ -91,6 +93,11 @@ CELLS = Table("sil_cells", (
 HIST = Table("sil_hist", (
     *CELL_KEY, Column("bin", "int", True), Column("n", "int64", True),
 ), ("target", "hour", "version", "arm", "bin"))
+#: per-metric moments of a cell (``sil_core.metrics.MOMENTS``), kept like the histogram
+METRICS = Table("sil_metrics", (
+    *CELL_KEY, _text("name", True),
+    *(Column(m, "int64" if m.endswith("n") else "float", True, "0") for m in MOMENTS),
+), ("target", "hour", "version", "arm", "name"))
 STATE = Table("sil_state", (
     _text("kind", True), _text("key", True), _text("value", True), Column("rev", "int64", True),
 ), ("kind", "key"))
@@ -100,9 +107,10 @@ TRAIL = Table("sil_trail", (
 PENDING = Table("sil_pending_feedback", (
     _text("call_id"), Column("success", "bool"), Column("success_ts", "float"), Column("score", "float"),
     Column("score_ts", "float"), Column("received", "float", True),
+    _text("metrics"),  # JSON: name -> [value, ts given]
 ), ("call_id",))
 
-TABLES: tuple[Table, ...] = (CALLS, CELLS, HIST, STATE, TRAIL, PENDING)
+TABLES: tuple[Table, ...] = (CALLS, CELLS, HIST, STATE, TRAIL, PENDING, METRICS)
 
 INDEXES: tuple[Index, ...] = (
     Index("sil_calls_target_ts", "sil_calls", ("target", "ts")),  # read_calls of a target, by time

@@ -6,8 +6,8 @@ statistic, and windowed, limited reads of raw call records for strategies and ex
 One contract test suite (:class:`sil_core.testing.StoreContract`) runs against every
 backend, ours and third-party ones.
 
-Feedback semantics shared by every backend (helpers in :mod:`sil_core.store._common`): per field (success, score)
-the feedback *given* last wins (``Feedback.ts``; ``None`` is the time the store writes
+Feedback semantics shared by every backend (helpers in :mod:`sil_core.store._common`): per field (success,
+score, each metric) the feedback *given* last wins (``Feedback.ts``; ``None`` is the time the store writes
 it), whatever order batches arrive in; feedback for a call that is not stored yet is kept
 as :class:`Pending` and folded into the record when it arrives, so the record's first
 contribution to the cells already includes it. Pending feedback is bounded: older than
@@ -66,8 +66,9 @@ class Store(ABC):
         that batch. Per field, the feedback with the latest ``ts`` wins. Aggregates are
         updated in the same batch.
 
-        Returns the post-write state of every record whose effective success or score
-        (:attr:`CallRecord.success`, :attr:`CallRecord.effective_score`) changed in this
+        Returns the post-write state of every record whose effective success, score or
+        metrics (:attr:`CallRecord.success`, :attr:`CallRecord.effective_score`,
+        :attr:`CallRecord.effective_metrics`) changed in this
         batch because of feedback: stored calls that a feedback of the batch judged, and
         new calls into which feedback (pending, or of the same batch) was folded; ``[]``
         when none did. A third-party store that cannot tell returns ``None``, and the
@@ -82,7 +83,8 @@ class Store(ABC):
         """Summed cells per ``(version, arm)`` of a target ("" where unset).
 
         All-time cells when ``since_hour`` is ``None``, else the sum of the hourly cells
-        from that hour (``int(ts // 3600)``) on. Cost depends on the number of versions,
+        from that hour (``int(ts // 3600)``) on, each with its metrics' moments
+        (:attr:`Cell.metrics`). Cost depends on the number of versions,
         arms and hours asked for, never on the number of records. ``hist=False`` may leave
         the latency histograms empty (counts and moments only), which SQL backends answer
         with one cheap query.

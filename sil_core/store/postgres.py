@@ -12,8 +12,8 @@ NOTHING ... RETURNING id`` and only the rows actually inserted count toward the 
 retried batch never counts twice); feedback locks its records (``SELECT ... FOR UPDATE``)
 and adds the difference it makes; all cell increments are then upserted in key order
 (``ON CONFLICT ... DO UPDATE SET n = n + EXCLUDED.n``), so concurrent batches neither lose
-increments nor deadlock. Reads of statistics sum cells with ``GROUP BY``; they never touch
-the raw records.
+increments nor deadlock. Reads of statistics sum cells, metric moments (``sil_metrics``) and
+histograms with ``GROUP BY`` in one statement (one snapshot); they never touch the raw records.
 
 Feedback for a call not stored yet waits in ``sil_pending_feedback`` (per field the value
 given last and when, and when it was received) and is folded into the record by the batch
@@ -68,9 +68,13 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from ..aggregates import ALL_TIME, BUCKET_S, FIELDS, Cell, CellKey, cells_for, feedback_delta
 from ..errors import ConfigError, MissingExtra, StoreError
+from ..metrics import MOMENTS
 from ..records import CallRecord, Feedback
 from . import _schema
-from ._common import Judged, Pending, apply_feedback, fold_pending, merge_cells, merge_pending, pending_bounds
+from ._common import (
+    Judged, Pending, apply_feedback, dump_json, fold_pending, load_late_metrics, load_metrics, merge_cells,
+    merge_pending, moments, pending_bounds,
+)
 from .base import PENDING_MAX, PENDING_MAX_AGE_S, Store
 
 __all__ = ("MIGRATIONS", "PostgresStore")
@@ -102,7 +106,8 @@ def _array_types(table: _schema.Table, names: Sequence[str] | None = None) -> tu
 
 CALL_COLUMNS = _schema.CALLS.column_names
 _CALL_TYPES = _array_types(_schema.CALLS)
-_FEEDBACK_COLUMNS = ("id", "feedback_success", "feedback_score", "feedback_success_ts", "feedback_score_ts")
+_FEEDBACK_COLUMNS = ("id", "feedback_success", "feedback_score", "feedback_success_ts", "feedback_score_ts",
+                     "feedback_metrics")
 _PENDING_COLUMNS = _schema.PENDING.column_names
 _PENDING_TYPES = _array_types(_schema.PENDING)
 _CELL_KEY = tuple(c.name for c in _schema.CELL_KEY)  # target, version, arm, hour
@@ -194,6 +199,27 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX IF NOT EXISTS sil_pending_feedback_received ON {schema}.sil_pending_feedback (received)
     """,
+    # metrics: the calls' own and late values (JSON), pending late values, per-metric moments
+    """
+    ALTER TABLE {schema}.sil_calls
+        ADD COLUMN IF NOT EXISTS metrics text,
+        ADD COLUMN IF NOT EXISTS feedback_metrics text;
+    ALTER TABLE {schema}.sil_pending_feedback ADD COLUMN IF NOT EXISTS metrics text;
+    CREATE TABLE IF NOT EXISTS {schema}.sil_metrics (
+        target text NOT NULL,
+        version text NOT NULL,
+        arm text NOT NULL,
+        hour bigint NOT NULL,
+        name text NOT NULL,
+        n bigint NOT NULL DEFAULT 0,
+        sum double precision NOT NULL DEFAULT 0,
+        sumsq double precision NOT NULL DEFAULT 0,
+        log_n bigint NOT NULL DEFAULT 0,
+        log_sum double precision NOT NULL DEFAULT 0,
+        log_sumsq double precision NOT NULL DEFAULT 0,
+        PRIMARY KEY (target, hour, version, arm, name)
+    )
+    """,
 )
 
 # connections inherited through fork(): kept referenced so that finalising them in the
@@ -282,16 +308,29 @@ def record_to_row(r: CallRecord) -> tuple:
         _clean(r.error_type), _clean(r.error_message), _clean(r.version), _clean(r.arm),
         int(r.attempt or 1), _float(r.score), _context(r.context),
         None if r.feedback_success is None else bool(r.feedback_success), _float(r.feedback_score),
-        _float(r.feedback_success_ts), _float(r.feedback_score_ts),
+        _float(r.feedback_success_ts), _float(r.feedback_score_ts), dump_json(r.metrics), dump_json(r.feedback_metrics),
     )
 
 
 def row_to_record(row: Sequence) -> CallRecord:
-    return CallRecord(*row)
+    record = CallRecord(*row)
+    if record.metrics is not None:
+        record.metrics = load_metrics(record.metrics)
+    if record.feedback_metrics is not None:
+        record.feedback_metrics = load_late_metrics(record.feedback_metrics)
+    return record
 
 
 def _pending_row(p: Pending) -> tuple:
-    return (p.call_id, p.success, _float(p.success_ts), _float(p.score), _float(p.score_ts), float(p.received))
+    return (p.call_id, p.success, _float(p.success_ts), _float(p.score), _float(p.score_ts), float(p.received),
+            dump_json(p.metrics))
+
+
+def _row_to_pending(row: Sequence) -> Pending:
+    entry = Pending(*row)
+    if entry.metrics is not None:
+        entry.metrics = load_late_metrics(entry.metrics)
+    return entry
 
 
 def _bucket(call_id: str) -> int:
@@ -331,8 +370,8 @@ class _Sql:
         self.lock_calls = f'{self.select_call} WHERE id = ANY(%s::text[]) ORDER BY id COLLATE "C" FOR UPDATE'
         self.update_feedback = (
             f"UPDATE {s}.sil_calls AS c SET feedback_success = u.fs, feedback_score = u.fsc, "
-            f"feedback_success_ts = u.fst, feedback_score_ts = u.fsct "
-            f"FROM {_unnest(_array_types(_schema.CALLS, _FEEDBACK_COLUMNS), ('id', 'fs', 'fsc', 'fst', 'fsct'))} "
+            f"feedback_success_ts = u.fst, feedback_score_ts = u.fsct, feedback_metrics = u.fm "
+            f"FROM {_unnest(_array_types(_schema.CALLS, _FEEDBACK_COLUMNS), ('id', 'fs', 'fsc', 'fst', 'fsct', 'fm'))} "
             f"WHERE c.id = u.id"
         )
         self.stored_ids = f"SELECT id FROM {s}.sil_calls WHERE id = ANY(%s::text[])"
@@ -377,6 +416,15 @@ class _Sql:
             f"SELECT {hist_cols} FROM {_unnest(_array_types(_schema.HIST), hist_names)} "
             f"ORDER BY ord ON CONFLICT ({', '.join(key)}, bin) DO UPDATE SET n = h.n + EXCLUDED.n"
         )
+        metric_names = _schema.METRICS.column_names  # target, version, arm, hour, name, moments
+        metric_cols = ", ".join(metric_names)
+        self.upsert_metrics = (
+            f"INSERT INTO {s}.sil_metrics AS m ({metric_cols}) "
+            f"SELECT {metric_cols} FROM {_unnest(_array_types(_schema.METRICS), metric_names)} "
+            f"ORDER BY ord ON CONFLICT ({', '.join(key)}, name) DO UPDATE SET "
+            + ", ".join(f"{m} = m.{m} + EXCLUDED.{m}" for m in MOMENTS)
+        )
+        self.metrics_table = f"{s}.sil_metrics"
         self.cells_table = f"{s}.sil_cells"
         self.hist_table = f"{s}.sil_hist"
         self.calls_table = f"{s}.sil_calls"
@@ -651,7 +699,7 @@ class PostgresStore(Store):
             if calls:
                 waiting = {}
                 for row in conn.execute(sql.take_pending, (ids,)).fetchall():
-                    entry = Pending(*row)
+                    entry = _row_to_pending(row)
                     if entry.received >= cutoff:
                         waiting[entry.call_id] = entry
                 records = [fold_pending(r, waiting.get(cid)) for r, cid in zip(calls, ids)]
@@ -699,7 +747,7 @@ class PostgresStore(Store):
             if late:  # a call deleted since the first read (retention): lock its bucket now
                 self._lock_buckets(conn, (), late)
             for row in conn.execute(sql.lock_pending, (missing,)).fetchall():
-                entry = Pending(*row)
+                entry = _row_to_pending(row)
                 if entry.received >= cutoff:
                     pending[entry.call_id] = entry
         touched: set[str] = set()
@@ -718,12 +766,12 @@ class PostgresStore(Store):
                 merge_cells(deltas, feedback_delta(before, after))
         changed = [
             (call_id, r.feedback_success, _float(r.feedback_score), _float(r.feedback_success_ts),
-             _float(r.feedback_score_ts))
+             _float(r.feedback_score_ts), dump_json(r.feedback_metrics))
             for call_id, r in sorted(current.items())
             if r is not locked[call_id]
         ]
         if changed:
-            conn.execute(sql.update_feedback, _columns(changed, 5))
+            conn.execute(sql.update_feedback, _columns(changed, len(_FEEDBACK_COLUMNS)))
         if touched:
             rows = [_pending_row(pending[cid]) for cid in sorted(touched)]
             conn.execute(sql.upsert_pending, _columns(rows, len(_PENDING_COLUMNS)))
@@ -742,6 +790,11 @@ class PostgresStore(Store):
         hist_rows = [(*key, int(b), int(n)) for key in keys for b, n in sorted(deltas[key].hist.items()) if n]
         if hist_rows:
             conn.execute(self._sql.upsert_hist, _columns(hist_rows, 6))
+        metric_rows = [(*key, name, int(m[0]), float(m[1]), float(m[2]), int(m[3]), float(m[4]), float(m[5]))
+                       for key in keys if deltas[key].metrics
+                       for name, m in sorted(deltas[key].metrics.items()) if any(m)]
+        if metric_rows:
+            conn.execute(self._sql.upsert_metrics, _columns(metric_rows, 11))
 
     # -- reads -----------------------------------------------------------------------------
     def cells(self, target: str, *, version: str | None = None, since_hour: int | None = None,
@@ -758,28 +811,39 @@ class PostgresStore(Store):
             params.extend((int(since_hour), ALL_TIME))
         sums = ", ".join(f"SUM({f})" + ("" if f in _FLOAT_FIELDS else "::bigint") for f in FIELDS)
         pad = ", ".join("NULL" for _ in FIELDS[1:])
-        # one statement, so cells and histogram come from the same snapshot
+        no_moments = ", ".join("NULL" for _ in MOMENTS)
+        moment_sums = ", ".join(f"SUM({m})" + ("::bigint" if m.endswith("n") else "") for m in MOMENTS)
+        # one statement, so cells, metrics and histogram come from the same snapshot
         query = (
-            f"SELECT version, arm, NULL::integer AS bin, {sums} FROM {self._sql.cells_table} "
-            f"WHERE {where} GROUP BY version, arm"
+            f"SELECT version, arm, NULL::integer AS bin, NULL::text AS name, {sums}, {no_moments} "
+            f"FROM {self._sql.cells_table} WHERE {where} GROUP BY version, arm "
+            f"UNION ALL SELECT version, arm, NULL, name, NULL, {pad}, {moment_sums} "
+            f"FROM {self._sql.metrics_table} WHERE {where} GROUP BY version, arm, name"
         )
         if hist:
             query += (
                 f" UNION ALL "
-                f"SELECT version, arm, bin, SUM(n)::bigint, {pad} FROM {self._sql.hist_table} "
+                f"SELECT version, arm, bin, NULL, SUM(n)::bigint, {pad}, {no_moments} FROM {self._sql.hist_table} "
                 f"WHERE {where} GROUP BY version, arm, bin"
             )
         out: dict[tuple[str, str], Cell] = {}
-        hists: list[tuple] = []
-        for row in self._query("cells", query, params + params if hist else params):
-            if row[2] is None:
-                out[(row[0], row[1])] = Cell.from_values(row[3:])
+        extra: list[tuple] = []
+        width = 4 + len(FIELDS)
+        for row in self._query("cells", query, params * (3 if hist else 2)):
+            if row[2] is None and row[3] is None:
+                out[(row[0], row[1])] = Cell.from_values(row[4:width])
             else:
-                hists.append(row[:4])
-        for v, a, b, n in hists:
-            cell = out.get((v, a))
-            if n and cell is not None:
-                cell.hist[b] = n
+                extra.append(row)
+        for row in extra:
+            cell = out.get((row[0], row[1]))
+            if cell is None:
+                continue
+            if row[3] is not None:
+                m = moments(row[width:])
+                if m is not None:
+                    cell.metrics[row[3]] = m
+            elif row[4]:
+                cell.hist[row[2]] = row[4]
         return out
 
     def read_calls(self, target=None, *, since=None, until=None, version=None, limit=1000) -> list[CallRecord]:
@@ -901,7 +965,7 @@ class PostgresStore(Store):
                     cutoff = now - float(max_age_s)
                     removed += conn.execute(f"DELETE FROM {sql.calls_table} WHERE ts < %s", (cutoff,)).rowcount
                     hour = int(cutoff // BUCKET_S)
-                    for table in (sql.cells_table, sql.hist_table):
+                    for table in (sql.cells_table, sql.hist_table, sql.metrics_table):
                         conn.execute(f"DELETE FROM {table} WHERE hour <> %s AND hour < %s", (ALL_TIME, hour))
                 if max_calls is not None:
                     removed += conn.execute(

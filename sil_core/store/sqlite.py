@@ -3,7 +3,8 @@
 WAL journal, ``busy_timeout`` for other processes, one ``BEGIN IMMEDIATE`` transaction
 per write batch (records, cell increments and feedback together), the schema of
 :mod:`sil_core.store._schema` (indexes on ``(target, ts)``, ``(target, version)`` and
-``ts``), and retention by age or count. Any number of
+``ts``; per-metric moments in ``sil_metrics``, kept and pruned like the latency histogram
+``sil_hist``), and retention by age or count. Any number of
 processes on one host may share a file, and may open a file that does not exist yet at the
 same instant: switching to WAL, creating the schema and migrating wait for each other and
 retry within ``busy_timeout_s`` (SQLite answers some of these with "database is locked" at
@@ -35,9 +36,13 @@ from typing import Iterator, Sequence
 
 from ..aggregates import ALL_TIME, BUCKET_S, FIELDS, Cell, CellKey, cells_for, feedback_delta
 from ..errors import StoreError
+from ..metrics import MOMENTS
 from ..records import CallRecord, Feedback
 from . import _schema
-from ._common import Judged, Pending, apply_feedback, fold_pending, merge_cells, merge_pending, pending_bounds
+from ._common import (
+    Judged, Pending, apply_feedback, dump_json, fold_pending, load_late_metrics, load_metrics, merge_cells,
+    merge_pending, moments, pending_bounds,
+)
 from ._paths import prepare_folder
 from .base import PENDING_MAX, PENDING_MAX_AGE_S, Store
 
@@ -57,8 +62,23 @@ _HIST_UPSERT = (
     f"INSERT INTO {_schema.HIST.name} ({', '.join(_schema.HIST.column_names)}) VALUES (?, ?, ?, ?, ?, ?) "
     f"ON CONFLICT ({_KEY}, bin) DO UPDATE SET n = n + excluded.n"
 )
-_INSERT_CALL = f"INSERT INTO sil_calls ({', '.join(CALL_COLUMNS)}) VALUES ({', '.join('?' for _ in CALL_COLUMNS)})"
+_METRIC_UPSERT = (
+    f"INSERT INTO {_schema.METRICS.name} ({', '.join(_schema.METRICS.column_names)}) VALUES ({', '.join('?' * 11)}) "
+    f"ON CONFLICT ({_KEY}, name) DO UPDATE SET " + ", ".join(f"{m} = {m} + excluded.{m}" for m in MOMENTS)
+)
+
+
+def _insert(columns: Sequence[str]) -> str:
+    return f"INSERT INTO sil_calls ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
+
+
+_INSERT_CALL = _insert(CALL_COLUMNS)
+#: a batch without metrics leaves the last two columns (metrics, feedback_metrics) NULL: fewer to bind
+_INSERT_PLAIN = _insert(CALL_COLUMNS[:-2])
 _SELECT_CALL = f"SELECT {', '.join(CALL_COLUMNS)} FROM sil_calls"
+
+_MOMENT_SUMS = ", ".join(f"SUM({m})" for m in MOMENTS)
+_NO_MOMENTS = ", ".join("NULL" for _ in MOMENTS)
 
 #: the cell columns of schema version 1 (later versions add columns by migration)
 _V1_FIELDS = FIELDS[: FIELDS.index("score_sumsq") + 1]
@@ -106,6 +126,18 @@ MIGRATIONS = (
     """,
     # the index PostgreSQL always had: retain(max_age_s=...) and read_calls() of every target
     "CREATE INDEX IF NOT EXISTS sil_calls_ts ON sil_calls (ts)",
+    # metrics: the calls' own and late values (JSON), pending late values, per-metric moments
+    """
+    ALTER TABLE sil_calls ADD COLUMN metrics TEXT;
+    ALTER TABLE sil_calls ADD COLUMN feedback_metrics TEXT;
+    ALTER TABLE sil_pending_feedback ADD COLUMN metrics TEXT;
+    CREATE TABLE sil_metrics (
+        target TEXT NOT NULL, version TEXT NOT NULL, arm TEXT NOT NULL, hour INTEGER NOT NULL, name TEXT NOT NULL,
+        n INTEGER NOT NULL DEFAULT 0, sum REAL NOT NULL DEFAULT 0, sumsq REAL NOT NULL DEFAULT 0,
+        log_n INTEGER NOT NULL DEFAULT 0, log_sum REAL NOT NULL DEFAULT 0, log_sumsq REAL NOT NULL DEFAULT 0,
+        PRIMARY KEY (target, hour, version, arm, name)
+    )
+    """,
 )
 _LOCKED = ("locked", "busy")
 
@@ -114,21 +146,28 @@ def row_to_record(row: Sequence) -> CallRecord:
     values = list(row)
     fb = values[12]
     values[12] = None if fb is None else bool(fb)
+    if values[16] is not None:
+        values[16] = load_metrics(values[16])
+    if values[17] is not None:
+        values[17] = load_late_metrics(values[17])
     return CallRecord(*values)
 
 
-def record_to_row(r: CallRecord) -> tuple:
-    return (
+def record_to_row(r: CallRecord, metrics: bool = True) -> tuple:
+    """The ``sil_calls`` row of a record (without its two metric columns unless ``metrics``)."""
+    row = (
         r.id, r.target, r.ts, r.duration_s, r.outcome, r.error_type, r.error_message, r.version,
         r.arm, r.attempt, r.score, r.context,
         None if r.feedback_success is None else int(r.feedback_success), r.feedback_score,
         r.feedback_success_ts, r.feedback_score_ts,
     )
+    return (*row, dump_json(r.metrics), dump_json(r.feedback_metrics)) if metrics else row
 
 
 def _row_to_pending(row: Sequence) -> Pending:
-    cid, success, success_ts, score, score_ts, received = row
-    return Pending(cid, None if success is None else bool(success), success_ts, score, score_ts, received)
+    cid, success, success_ts, score, score_ts, received, metrics = row
+    return Pending(cid, None if success is None else bool(success), success_ts, score, score_ts, received,
+                   load_late_metrics(metrics) if metrics is not None else None)
 
 
 def _chunks(items: Sequence, size: int = 500) -> Iterator[Sequence]:
@@ -283,7 +322,8 @@ class SqliteStore(Store):
                     if r.id in waiting:
                         judged.now(r)
         if fresh:
-            conn.executemany(_INSERT_CALL, [record_to_row(r) for r in fresh])
+            metered = any(r.metrics or r.feedback_metrics for r in fresh)
+            conn.executemany(_INSERT_CALL if metered else _INSERT_PLAIN, [record_to_row(r, metered) for r in fresh])
         deltas = cells_for(fresh)
         if feedback:
             ids = list(dict.fromkeys(fb.call_id for fb in feedback))
@@ -308,9 +348,10 @@ class SqliteStore(Store):
             if updates:
                 conn.executemany(
                     "UPDATE sil_calls SET feedback_success = ?, feedback_score = ?, feedback_success_ts = ?, "
-                    "feedback_score_ts = ? WHERE id = ?",
+                    "feedback_score_ts = ?, feedback_metrics = ? WHERE id = ?",
                     [(None if r.feedback_success is None else int(r.feedback_success), r.feedback_score,
-                      r.feedback_success_ts, r.feedback_score_ts, r.id) for r in updates],
+                      r.feedback_success_ts, r.feedback_score_ts, dump_json(r.feedback_metrics), r.id)
+                     for r in updates],
                 )
             if touched:
                 self._keep_pending(conn, [pending[cid] for cid in touched], cutoff)
@@ -348,11 +389,12 @@ class SqliteStore(Store):
         """Store merged pending entries, then prune: rows received before ``cutoff``, and
         the oldest received beyond ``pending_max``."""
         conn.executemany(
-            f"INSERT INTO sil_pending_feedback ({_PENDING_COLS}) VALUES (?, ?, ?, ?, ?, ?) "
+            f"INSERT INTO sil_pending_feedback ({_PENDING_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (call_id) DO UPDATE SET success = excluded.success, success_ts = excluded.success_ts, "
-            "score = excluded.score, score_ts = excluded.score_ts, received = excluded.received",
+            "score = excluded.score, score_ts = excluded.score_ts, received = excluded.received, "
+            "metrics = excluded.metrics",
             [(p.call_id, None if p.success is None else int(p.success), p.success_ts, p.score, p.score_ts,
-              p.received) for p in entries],
+              p.received, dump_json(p.metrics)) for p in entries],
         )
         conn.execute("DELETE FROM sil_pending_feedback WHERE received < ?", (cutoff,))
         conn.execute(
@@ -380,6 +422,10 @@ class SqliteStore(Store):
         hist_rows = [(*key, b, n) for key, cell in deltas.items() for b, n in cell.hist.items() if n]
         if hist_rows:
             conn.executemany(_HIST_UPSERT, hist_rows)
+        metric_rows = [(*key, name, *m) for key, cell in deltas.items() if cell.metrics
+                       for name, m in cell.metrics.items() if any(m)]
+        if metric_rows:
+            conn.executemany(_METRIC_UPSERT, metric_rows)
 
     # -- reads -----------------------------------------------------------------------------
     def _query(self, sql: str, params: Sequence = ()) -> list:
@@ -400,9 +446,23 @@ class SqliteStore(Store):
             where += " AND hour >= ?"
             params.append(since_hour)
         sums = ", ".join(f"SUM({f})" for f in FIELDS)
+        pad = ", ".join("NULL" for _ in FIELDS)
+        # one statement, so cells and metrics come from the same snapshot
         out: dict[tuple[str, str], Cell] = {}
-        for row in self._query(f"SELECT version, arm, {sums} FROM sil_cells WHERE {where} GROUP BY version, arm", params):
-            out[(row[0], row[1])] = Cell.from_values(row[2:])
+        metrics: list[tuple] = []
+        for row in self._query(
+            f"SELECT version, arm, NULL, {sums}, {_NO_MOMENTS} FROM sil_cells WHERE {where} GROUP BY version, arm "
+            f"UNION ALL SELECT version, arm, name, {pad}, {_MOMENT_SUMS} FROM sil_metrics WHERE {where} "
+            f"GROUP BY version, arm, name", params + params
+        ):
+            if row[2] is None:
+                out[(row[0], row[1])] = Cell.from_values(row[3 : 3 + len(FIELDS)])
+            else:
+                metrics.append(row)
+        for row in metrics:
+            cell, m = out.get((row[0], row[1])), moments(row[3 + len(FIELDS):])
+            if cell is not None and m is not None:
+                cell.metrics[row[2]] = m
         if not hist:
             return out
         for v, a, b, n in self._query(
@@ -492,6 +552,7 @@ class SqliteStore(Store):
                 hour = int(cutoff // BUCKET_S)
                 conn.execute("DELETE FROM sil_cells WHERE hour <> ? AND hour < ?", (ALL_TIME, hour))
                 conn.execute("DELETE FROM sil_hist WHERE hour <> ? AND hour < ?", (ALL_TIME, hour))
+                conn.execute("DELETE FROM sil_metrics WHERE hour <> ? AND hour < ?", (ALL_TIME, hour))
             if max_calls is not None:
                 removed += conn.execute(
                     "DELETE FROM sil_calls WHERE rowid IN (SELECT rowid FROM (SELECT rowid, ROW_NUMBER() OVER "

@@ -45,13 +45,13 @@ NOW = (time.time() // 3600 - 1) * 3600 + 1800.0
 
 def rec(i: int, target: str = "agent", *, ok: bool = True, ts: float = NOW, duration: float = 0.1,
         version: str | None = "v1", arm: str | None = None, outcome: str | None = None, score=None,
-        context: str | None = None) -> CallRecord:
+        context: str | None = None, metrics: dict[str, float] | None = None) -> CallRecord:
     """A call record with id ``id-<target>-<i>`` (a success unless ``ok=False``)."""
     return CallRecord(
         id=f"id-{target}-{i}", target=target, ts=ts, duration_s=duration,
         outcome=outcome or (Outcome.OK if ok else Outcome.ERROR),
         error_type=None if ok else "ValueError", error_message=None if ok else "boom",
-        version=version, arm=arm, score=score, context=context,
+        version=version, arm=arm, score=score, context=context, metrics=metrics,
     )
 
 
@@ -273,3 +273,102 @@ class StoreContract:
             store.write([rec(1, duration=0.0), rec(2, duration=1e6)])
             s = store.stats("agent")
             assert s.n == 2 and math.isfinite(s.p95_s)
+
+    # -- metrics -------------------------------------------------------------------------------
+    def test_metrics_aggregate_per_version_and_arm(self, tmp_path):
+        with self.open_store(tmp_path) as store:
+            store.write([rec(i, version="v1", arm="baseline", score=0.5, metrics={"tokens_out": 10.0 * (i + 1)})
+                         for i in range(4)])
+            store.write([rec(10 + i, version="v2", arm="candidate", metrics={"tokens_out": 5.0, "cost_usd": 0.01})
+                         for i in range(3)] + [rec(20, version="v2", arm="candidate")])
+            cells = store.cells("agent")
+            base, cand = cells[("v1", "baseline")].metrics, cells[("v2", "candidate")].metrics
+            assert set(base) == {"tokens_out", "score"} and set(cand) == {"tokens_out", "cost_usd"}
+            assert base["tokens_out"][:3] == [4, 100.0, 3000.0] and base["tokens_out"][3] == 4
+            m = store.stats("agent", version="v1").metrics
+            assert m["tokens_out"].n == 4 and _approx(m["tokens_out"].mean, 25.0)
+            assert m["score"].n == 4 and _approx(m["score"].mean, 0.5)
+            m = store.stats("agent", version="v2").metrics
+            assert (m["tokens_out"].n, m["cost_usd"].n) == (3, 3) and _approx(m["cost_usd"].mean, 0.01)
+            assert store.stats("agent", since=NOW - 60).metrics["tokens_out"].n == 7
+            whole = store.stats("agent").metrics["tokens_out"]
+            assert whole.n == 7 and _approx(whole.mean, 115.0 / 7)
+            assert store.stats("agent").metrics.keys() == {"tokens_out", "cost_usd", "score"}
+
+    def test_a_late_metric_replaces_the_calls_own_value(self, tmp_path):
+        with self.open_store(tmp_path) as store:
+            store.write([rec(1, metrics={"cost_usd": 1.0, "tokens_in": 7.0}), rec(2, metrics={"cost_usd": 2.0})])
+            changed = store.write([], [Feedback("id-agent-1", metrics={"cost_usd": 4.0}, ts=NOW + 10)])
+            if changed is not None:
+                assert [r.id for r in changed] == ["id-agent-1"]
+                assert changed[0].effective_metrics == {"cost_usd": 4.0, "tokens_in": 7.0}
+            m = store.stats("agent").metrics
+            assert m["cost_usd"].n == 2 and _approx(m["cost_usd"].mean, 3.0) and m["tokens_in"].n == 1
+            assert store.stats("agent", since=NOW - 60).metrics["cost_usd"].mean == m["cost_usd"].mean
+            # per name, the value given last wins, whatever order it arrives in
+            store.write([], [Feedback("id-agent-1", metrics={"cost_usd": 9.0, "tokens_in": 3.0}, ts=NOW + 5)])
+            store.write([], [Feedback("id-agent-1", metrics={"cost_usd": 6.0}, ts=NOW + 20)])
+            got = store.get_call("id-agent-1")
+            assert got.metrics == {"cost_usd": 1.0, "tokens_in": 7.0}
+            assert got.feedback_metrics == {"cost_usd": [6.0, NOW + 20], "tokens_in": [3.0, NOW + 5]}
+            m = store.stats("agent").metrics
+            assert _approx(m["cost_usd"].mean, 4.0) and _approx(m["tokens_in"].mean, 3.0) and m["tokens_in"].n == 1
+            # a late value of a metric the call did not have adds it
+            store.write([], [Feedback("id-agent-2", metrics={"tokens_in": 5.0})])
+            m = store.stats("agent").metrics
+            assert m["tokens_in"].n == 2 and _approx(m["tokens_in"].mean, 4.0) and m["cost_usd"].n == 2
+
+    def test_a_late_metric_before_its_call_waits_for_it(self, tmp_path):
+        with self.open_store(tmp_path) as store:
+            store.write([], [Feedback("id-agent-1", metrics={"tokens_out": 50.0}, ts=NOW + 20),
+                             Feedback("id-agent-1", metrics={"tokens_out": 70.0, "quality": 0.5}, ts=NOW + 10)])
+            assert store.get_call("id-agent-1") is None and store.stats("agent").metrics == {}
+        with self.open_store(tmp_path) as store:  # kept across a reopen where the store persists
+            if not self.persistent:
+                store.write([], [Feedback("id-agent-1", metrics={"tokens_out": 50.0}, ts=NOW + 20),
+                                 Feedback("id-agent-1", metrics={"tokens_out": 70.0, "quality": 0.5}, ts=NOW + 10)])
+            changed = store.write([rec(1, metrics={"tokens_out": 10.0, "tokens_in": 1.0})])
+            if changed is not None:
+                assert [r.id for r in changed] == ["id-agent-1"]
+            got = store.get_call("id-agent-1")
+            assert got.feedback_metrics == {"tokens_out": [50.0, NOW + 20], "quality": [0.5, NOW + 10]}
+            m = store.stats("agent").metrics
+            assert (m["tokens_out"].n, m["tokens_in"].n, m["quality"].n) == (1, 1, 1)
+            assert _approx(m["tokens_out"].mean, 50.0) and _approx(m["quality"].mean, 0.5)
+
+    def test_metrics_survive_retention_in_the_aggregates(self, tmp_path):
+        with self.open_store(tmp_path) as store:
+            if "retention" not in store.capabilities:
+                _skip(f"{type(self).__name__}: no retention (\"retention\" is not in capabilities)")
+            now = time.time()
+            store.write([rec(i, ts=now - 10 * 86400, metrics={"tokens_in": 100.0}) for i in range(3)]
+                        + [rec(10 + i, ts=now - i, metrics={"tokens_in": 10.0}) for i in range(2)])
+            assert store.retain(max_age_s=86400) == 3
+            store.write([], [Feedback("id-agent-10", metrics={"tokens_in": 40.0})])
+            store.write([rec(20, ts=now, metrics={"tokens_in": 10.0})])
+            m = store.stats("agent").metrics["tokens_in"]
+            assert m.n == 6 and _approx(m.mean, 360.0 / 6)
+            recent = store.stats("agent", since=now - 3600).metrics["tokens_in"]
+            assert recent.n == 3 and _approx(recent.mean, 20.0)
+            # old hourly cells may go with retention; their metrics go with them, never apart
+            window = store.stats("agent", since=now - 11 * 86400)
+            assert window.metrics["tokens_in"].n == window.n and window.n in (3, 6)
+
+    def test_read_calls_carry_metrics_and_late_values(self, tmp_path):
+        with self.open_store(tmp_path) as store:
+            store.write([rec(1, ts=NOW, metrics={"tokens_in": 12.0, "cost_usd": 0.25}), rec(2, ts=NOW + 1),
+                         rec(3, ts=NOW + 2, score=0.75, metrics={"score": 0.1})])
+            store.write([], [Feedback("id-agent-2", metrics={"tokens_in": 3.0}, ts=NOW + 50),
+                             Feedback("id-agent-1", success=False, ts=NOW + 60)])
+            rows = {r.id: r for r in store.read_calls("agent")}
+            assert rows["id-agent-1"].metrics == {"tokens_in": 12.0, "cost_usd": 0.25}
+            assert rows["id-agent-1"].feedback_metrics is None and rows["id-agent-1"].success is False
+            assert rows["id-agent-2"].metrics is None
+            assert rows["id-agent-2"].feedback_metrics == {"tokens_in": [3.0, NOW + 50]}
+            assert rows["id-agent-2"].effective_metrics == {"tokens_in": 3.0}
+            assert rows["id-agent-3"].effective_metrics == {"score": 0.75}  # ``score`` is the call's score
+            assert store.stats("agent").metrics["score"].n == 1
+        if self.persistent:
+            with self.open_store(tmp_path) as again:
+                assert again.get_call("id-agent-2").feedback_metrics == {"tokens_in": [3.0, NOW + 50]}
+                assert again.stats("agent").metrics["tokens_in"].n == 2

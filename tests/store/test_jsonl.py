@@ -63,7 +63,7 @@ def test_open_store_url_and_file_layout(tmp_path):
         assert "ünïcode ✓" in line  # ensure_ascii=False
         assert json.loads(line)["id"] == "agent-1"
         agg = json.loads((tmp_path / "d" / "aggregates.json").read_text())
-        assert agg["format"] == 1 and len(agg["cells"]) == 2  # the hour cell and the all-time cell
+        assert agg["format"] == 2 and len(agg["cells"]) == 2  # the hour cell and the all-time cell
     finally:
         s.close()
 
@@ -214,8 +214,8 @@ def test_unchanged_aggregates_are_not_parsed_again(path, store, monkeypatch):
 
     store.write([rec(1)])
     parses = []
-    real = jsonl.CellTable.from_rows
-    monkeypatch.setattr(jsonl.CellTable, "from_rows", classmethod(lambda cls, rows: parses.append(1) or real(rows)))
+    real = jsonl.decode_aggregates
+    monkeypatch.setattr(jsonl, "decode_aggregates", lambda data: parses.append(1) or real(data))
     for _ in range(5):
         assert store.stats("agent").n == 1  # our own write: already current
     assert parses == []
@@ -720,5 +720,30 @@ def test_processes_append_one_verified_trail(path):
         assert report.ok, report.problems
         assert store.kv_get("trail", "head") == ({"seq": procs_n * per_proc, "hash": events[-1]["hash"]}, procs_n * per_proc)
         assert len(store.trail_path.read_text(encoding="utf-8").splitlines()) == procs_n * per_proc
+    finally:
+        store.close()
+
+
+# -- metrics -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("dialect", ["sil", "seed"])
+def test_metrics_are_lines_and_cells_rows_and_survive_a_rebuild(path, dialect):
+    store = JsonlStore(path, fsync=False, dialect=dialect)
+    try:
+        r = rec(1)
+        r.metrics = {"tokens_in": 4.0}
+        store.write([r, rec(2)], [Feedback("agent-1", metrics={"cost_usd": 0.5}, ts=NOW + 5)])
+        store.write([], [Feedback("agent-2", metrics={"cost_usd": 1.5}, ts=NOW + 6)])
+        [fb_line] = [json.loads(line) for line in lines(store) if line.startswith('{"feedback"')]
+        assert fb_line["metrics"] == {"cost_usd": 1.5} and fb_line["ts"] == NOW + 6
+        got = {x.id: x for x in store.read_calls("agent")}
+        assert got["agent-1"].metrics == {"tokens_in": 4.0}
+        assert got["agent-1"].feedback_metrics == {"cost_usd": [0.5, NOW + 5]}
+        assert got["agent-2"].feedback_metrics == {"cost_usd": [1.5, NOW + 6]}
+        before = {name: (s.n, s.mean) for name, s in store.stats("agent").metrics.items()}
+        assert before == {"tokens_in": (1, 4.0), "cost_usd": (2, 1.0)}
+        store.rebuild_aggregates()  # from the lines alone: the same moments
+        assert {name: (s.n, s.mean) for name, s in store.stats("agent").metrics.items()} == before
+        assert store.compact(10) == 0 and store.retain(max_age_s=DAY) == 0
+        assert {name: (s.n, s.mean) for name, s in store.stats("agent").metrics.items()} == before
     finally:
         store.close()

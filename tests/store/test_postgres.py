@@ -180,7 +180,7 @@ def test_tables_live_in_the_named_schema(pg_schema):
         tables = {r[0] for r in conn.execute(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (pg_schema,))}
         assert tables == {"sil_calls", "sil_cells", "sil_hist", "sil_schema_version", "sil_state", "sil_trail",
-                          "sil_pending_feedback"}
+                          "sil_pending_feedback", "sil_metrics"}
         versions = [r[0] for r in conn.execute(f'SELECT version FROM "{pg_schema}".sil_schema_version ORDER BY 1')]
         assert versions == list(range(1, len(MIGRATIONS) + 1))
         assert conn.execute(f'SELECT count(*) FROM "{pg_schema}".sil_calls').fetchone()[0] == 1
