@@ -80,6 +80,9 @@ def in_review() -> bool:
     return _compat.write_origin() == _compat.BACKGROUND or threading.current_thread().name == REVIEW_THREAD
 
 
+_UNSET = object()
+
+
 class Load:
     """One skill load inside a turn: name, how, when, the version found on disk, and its
     SKILL.md (to tell which tools it names)."""
@@ -105,13 +108,25 @@ class Failure:
 class Turn:
     """What one session's current turn did: the skills it loaded and its tool errors."""
 
-    __slots__ = ("loads", "errors", "first_error", "failures")
+    __slots__ = ("loads", "errors", "first_error", "failures", "tokens_in", "tokens_out", "cost", "requests")
 
     def __init__(self) -> None:
         self.loads: List[Load] = []
         self.errors = 0
         self.first_error: Optional[str] = None
         self.failures: List[Failure] = []
+        self.tokens_in = self.tokens_out = 0.0
+        self.cost: Optional[float] = 0.0  # None once a model request had no price
+        self.requests = 0
+
+    def metrics(self) -> Optional[Dict[str, float]]:
+        """The turn's token usage (and cost, when every request was priced)."""
+        if not self.requests:
+            return None
+        out = {"tokens_in": self.tokens_in, "tokens_out": self.tokens_out}
+        if self.cost is not None:
+            out["cost_usd"] = self.cost
+        return out
 
 
 class Runtime:
@@ -132,6 +147,7 @@ class Runtime:
         self._refreshed = 0.0
         self.touched: set = set()  # targets this process recorded turns of (judged at exit)
         self.preloaded: Dict[Tuple[str, str], str] = {}  # (session, skill) -> version first sent
+        self.prices: Any = _UNSET  # sil.prices, read on first use
         self.failed_tools: Dict[str, Dict[str, Set[str]]] = {}  # target -> version -> tools that failed
         self.worker = BackgroundWorker("sil-hermes", self._handle, max_queue=10_000)
         self._hook_exit()
@@ -181,6 +197,26 @@ class Runtime:
             self.guard = guard_for(self.adapter.home, strict=False, worker_id=f"hermes:{os.getpid()}")
             self._hook_exit()
         return self.guard
+
+    def usage(self, session: Optional[str], model: Any, usage: Any) -> None:
+        """Add one model request's usage (Hermes' ``post_api_request``) to the turn; its
+        cost from ``sil.prices``, the only price a hook can see."""
+        if not isinstance(usage, dict):
+            return
+        tokens_in = float(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
+        tokens_out = float(usage.get("output_tokens") or 0)
+        if self.prices is _UNSET:
+            from ._settings import price_table
+
+            self.prices = price_table(self.adapter.home)
+        cost = self.prices.cost(model if isinstance(model, str) else None, tokens_in, tokens_out) \
+            if self.prices is not None else None
+        turn = self.turn(session)
+        with self._lock:
+            turn.requests += 1
+            turn.tokens_in += tokens_in
+            turn.tokens_out += tokens_out
+            turn.cost = None if cost is None or turn.cost is None else turn.cost + cost
 
     def drain(self, timeout: Optional[float] = 10.0) -> bool:
         """Wait until every queued hook event is handled."""
@@ -427,7 +463,8 @@ class Runtime:
                          error_type=error_type, error_message=message,
                          context={"session_id": session, "source": load.source, "content_version": load.version,
                                   "load_ms": load.duration_ms, "tool_errors": turn.errors, "error_tools": tools,
-                                  "blamed_tools": list(dict.fromkeys(f.tool for f in blamed))})
+                                  "blamed_tools": list(dict.fromkeys(f.tool for f in blamed))},
+                         metrics=turn.metrics())
 
     def blame_turn(self, guard: Any, skill: str, text: str, version: Optional[str],
                    failures: List[Failure]) -> List[Failure]:

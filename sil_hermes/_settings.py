@@ -11,6 +11,7 @@ and notifiers of the guard the plugin and ``SkillGuard`` share.
       success_tolerance: 0.02      # an acceptable drop in success rate (absolute)
       latency_tolerance: 0.2       # an acceptable slowdown (0.2 = +20 %)
       notifiers: [log, {webhook: "${SIL_WEBHOOK}"}]
+      prices: {gpt-4o-mini: [0.15, 0.60]}  # USD per million tokens in, out: a turn's cost_usd
 
 String values expand ``${VAR}`` as Hermes does. A bad section raises :class:`ConfigError`
 naming the key and what it accepts: ``SkillGuard()`` and ``sil hermes`` stop with it; the
@@ -27,10 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from sil_core import ConfigError, LoggingNotifier, RolloutPolicy, WebhookNotifier
+from sil_core import ConfigError, LoggingNotifier, PriceTable, RolloutPolicy, WebhookNotifier
 from sil_core.store import default_store_source, hermes_store_setting
 
-__all__ = ("KEYS", "Settings", "guard_for", "load", "store_source")
+__all__ = ("KEYS", "Settings", "guard_for", "load", "price_table", "store_source")
 
 _log = logging.getLogger("sil_hermes")
 _ENV_REF = re.compile(r"\$\{([^}]+)\}")
@@ -45,6 +46,7 @@ KEYS: Dict[str, str] = {
     "success_tolerance": "a number from 0 to 1",
     "latency_tolerance": "a number >= 0",
     "notifiers": "a list of 'log' and {webhook: URL} entries",
+    "prices": "a mapping of model name to [input, output] US dollars per million tokens",
 }
 
 
@@ -56,6 +58,7 @@ class Settings:
     mode: str = "canary"
     policy: Dict[str, Any] = field(default_factory=dict)
     notifiers: Tuple[Any, ...] = ()
+    prices: Dict[str, Any] = field(default_factory=dict)
 
 
 def _expand(value: Any) -> Any:
@@ -83,6 +86,10 @@ def _check(key: str, value: Any) -> Any:
         ok = _number(value) and 0 <= value <= 1
     elif key == "latency_tolerance":
         ok = _number(value) and value >= 0
+    elif key == "prices":
+        ok = isinstance(value, dict) and all(
+            isinstance(k, str) and isinstance(v, list) and len(v) == 2 and all(_number(x) and x >= 0 for x in v)
+            for k, v in value.items())
     else:
         ok = isinstance(value, list) and all(
             item == "log" or (isinstance(item, dict) and list(item) == ["webhook"] and isinstance(item["webhook"], str)
@@ -128,7 +135,18 @@ def load(home: Path) -> Settings:
     except ConfigError as exc:
         raise ConfigError(f"sil in {path}: {exc}") from exc
     notifiers = tuple("log" if item == "log" else item["webhook"] for item in values.get("notifiers", ()))
-    return Settings(store=values.get("store"), mode=values.get("mode", "canary"), policy=policy, notifiers=notifiers)
+    return Settings(store=values.get("store"), mode=values.get("mode", "canary"), policy=policy, notifiers=notifiers,
+                    prices=dict(values.get("prices") or {}))
+
+
+def price_table(home: Path) -> Optional[PriceTable]:
+    """The ``sil.prices`` of this Hermes home as a :class:`PriceTable` (``None`` without
+    prices, or when the section is bad: ``guard_for`` says so)."""
+    try:
+        prices = load(home).prices
+    except ConfigError:
+        return None
+    return PriceTable(prices) if prices else None
 
 
 def store_source(home: Path) -> Tuple[str, str]:

@@ -82,6 +82,7 @@ class SkillGuard:
             failures = list(turn.failures) if turn else []
             blamed = [f.tool for f in rt.blame_turn(self.guard, skill, text, call.version, failures)]
             call.success = self._judge(result, blamed)
+            call.metrics.update(_usage(turn, result))
             call.context = {"skill": skill, "session_id": session, "served_from": "version" if content else "disk",
                             "tool_errors": turn.errors if turn else 0,
                             "error_tools": list(dict.fromkeys(f.tool for f in failures)),
@@ -100,6 +101,17 @@ class SkillGuard:
         if blamed:
             return False
         return bool(self.success(result)) if self.success is not None else True
+
+
+def _usage(turn: Any, result: Any) -> dict:
+    """The turn's tokens (from the plugin's ``post_api_request``), and its cost: priced
+    with ``sil.prices``, else Hermes' own estimate when it has one (its agent is this call's)."""
+    metrics = (turn.metrics() if turn is not None else None) or {}
+    if "cost_usd" not in metrics and isinstance(result, dict) and result.get("cost_status") not in (None, "unknown"):
+        cost = result.get("estimated_cost_usd")
+        if isinstance(cost, (int, float)) and not isinstance(cost, bool):
+            metrics["cost_usd"] = float(cost)
+    return metrics
 
 
 def _warn_other_store(guard: Any, home: Any) -> None:

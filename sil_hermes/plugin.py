@@ -1,6 +1,6 @@
 """The Hermes plugin (entry point ``hermes_agent.plugins``: ``sil = sil_hermes.plugin``).
 
-``register(ctx)`` wires six hooks. Each accepts ``**kwargs``, never raises (an error is
+``register(ctx)`` wires seven hooks. Each accepts ``**kwargs``, never raises (an error is
 reported through ``sil_core.integration.report`` and the tool call goes on), is
 thread-safe and queues its bookkeeping to a background worker:
 
@@ -19,8 +19,10 @@ thread-safe and queues its bookkeeping to a background worker:
 * ``pre_llm_call``: counts slash-command skill invocations as loads.
 * ``pre_api_request``: counts skills preloaded into the system prompt (``hermes chat -s``)
   as loads of the turn (no other hook sees the system prompt).
-* ``on_session_end``: closes the turn and records its outcome against every skill
-  version it loaded.
+* ``post_api_request``: adds each model request's token usage to the turn (and its cost,
+  priced with ``sil.prices``: no hook sees Hermes' own cost estimate).
+* ``on_session_end``: closes the turn and records its outcome, tokens and cost against
+  every skill version it loaded (``hermes -z``: then drains, as it exits past atexit).
 
 Hermes' background review fork shares the foreground's ``session_id``; in it, only the
 ``skill_manage`` writes are recorded (as changes by ``background_review``): its reads are
@@ -36,7 +38,7 @@ from sil_core.integration import report
 from ._runtime import PRELOADED_MARK, in_review, runtime
 from .skills import skill_of
 
-__all__ = ("drain", "on_session_end", "post_tool_call", "pre_api_request",
+__all__ = ("drain", "on_session_end", "post_api_request", "post_tool_call", "pre_api_request",
            "pre_llm_call", "pre_tool_call", "register", "transform_tool_result")
 
 _SKILL_TOOLS = ("skill_view", "skill_manage")
@@ -147,6 +149,16 @@ def pre_api_request(request_messages: Any = None, session_id: Optional[str] = No
     return None
 
 
+def post_api_request(session_id: Optional[str] = None, model: Any = None, usage: Any = None, **_: Any) -> None:
+    """Add a model request's token usage (and its price from ``sil.prices``) to the turn."""
+    try:
+        if usage and not in_review():
+            runtime().usage(session_id, model, usage)
+    except Exception as exc:
+        report("hermes.post_api_request", exc)
+    return None
+
+
 def on_session_end(session_id: Optional[str] = None, completed: Any = None, interrupted: Any = None,
                    **_: Any) -> None:
     """Close the turn: its outcome goes to every skill version it loaded (not the
@@ -180,7 +192,8 @@ def register(ctx: Any) -> None:
             report("hermes.register", exc)
     for name, fn in (("pre_tool_call", pre_tool_call), ("post_tool_call", post_tool_call),
                      ("transform_tool_result", transform_tool_result), ("pre_llm_call", pre_llm_call),
-                     ("pre_api_request", pre_api_request), ("on_session_end", on_session_end)):
+                     ("pre_api_request", pre_api_request), ("post_api_request", post_api_request),
+                     ("on_session_end", on_session_end)):
         ctx.register_hook(name, fn)
 
 

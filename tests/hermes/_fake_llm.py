@@ -11,7 +11,8 @@ from typing import Callable, List, Optional
 
 class FakeLLM:
     """``replies`` is called with the request's messages and returns one reply:
-    ``{"content": str}`` or ``{"tool_calls": [(name, args), ...]}``."""
+    ``{"content": str}`` or ``{"tool_calls": [(name, args), ...]}``, optionally with
+    ``"usage": (prompt_tokens, completion_tokens)`` (default 10 and 5)."""
 
     def __init__(self, replies: Callable[[list], dict]) -> None:
         self.replies = replies
@@ -47,11 +48,16 @@ class FakeLLM:
                     return {"role": "assistant", "content": None, "tool_calls": calls}, "tool_calls"
                 return {"role": "assistant", "content": reply["content"]}, "stop"
 
+            @staticmethod
+            def _usage(reply):
+                p, c = reply.get("usage", (10, 5))
+                return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
             def _json(self, reply):
                 message, finish = self._message(reply)
                 data = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "fake-model",
                                    "choices": [{"index": 0, "message": message, "finish_reason": finish}],
-                                   "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}})
+                                   "usage": self._usage(reply)})
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -68,7 +74,7 @@ class FakeLLM:
                 base = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "fake-model"}
                 chunks = [{**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]},
                           {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}],
-                           "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}]
+                           "usage": self._usage(reply)}]
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.end_headers()

@@ -35,7 +35,7 @@ def test_the_entry_point_plugin_is_loaded_with_its_hooks(plugin_manager):
     plugin = plugin_manager._plugins["sil"]
     assert plugin.enabled and plugin.error is None
     assert set(plugin.hooks_registered) == {"pre_tool_call", "post_tool_call", "transform_tool_result", "pre_llm_call",
-                                         "pre_api_request", "on_session_end"}
+                                         "pre_api_request", "post_api_request", "on_session_end"}
     assert "guarded change" in plugin.manifest.description
 
 
