@@ -75,7 +75,16 @@ def _stats_row(label: str, arm: str, stats: Stats) -> dict[str, Any]:
     return {"version": label, "arm": arm, "calls": stats.n, "successes": stats.successes, "failures": stats.failures,
             "success_rate": stats.success_rate, "success_ci": stats.success_ci, "p50_s": stats.p50_s,
             "p95_s": stats.p95_s, "retried": stats.retried, "interrupted": stats.interrupted,
-            "cancelled": stats.cancelled}
+            "cancelled": stats.cancelled,
+            "metrics": {name: {"n": m.n, "mean": m.mean, "ci": m.ci} for name, m in stats.metrics.items()}}
+
+
+def _fmt_metric(m: dict | None) -> str:
+    """``mean ±half (n)`` of a metric (``-`` when a row has none)."""
+    if not m or m["mean"] is None:
+        return "-"
+    half = f" ±{(m['ci'][1] - m['ci'][0]) / 2:.3g}" if m["ci"] and m["ci"][1] > m["ci"][0] else ""
+    return f"{m['mean']:.4g}{half} ({m['n']})"
 
 
 def _cells_row(target: str, label: str, cells: list) -> dict[str, Any]:
@@ -181,6 +190,14 @@ def _print_status(entries: list[dict], url: str, since: float | None, source: st
         table += [("  " + r["version"], r["arm"] + " (this change)", r["calls"], *_rate(r), _fmt_latency(r["p50_s"]),
                    _fmt_latency(r["p95_s"]), r["retried"], r["interrupted"]) for r in e["arms"] or ()]
         _print_table(header, table, indent="  ")
+        every = [*e["versions"], *(e["arms"] or ())]
+        names = sorted({name for r in every for name in r["metrics"]})
+        if names:  # the metrics the target's calls carry: mean, 95 % half-width, values
+            labels = [*rows, *("  " + r["version"] for r in e["arms"] or ())]
+            arms = ["all"] * len(e["versions"]) + [r["arm"] + " (this change)" for r in e["arms"] or ()]
+            _print_table(("  version", "arm", *names),
+                         [(label, arm, *(_fmt_metric(r["metrics"].get(n)) for n in names))
+                          for label, arm, r in zip(labels, arms, every)], indent="  ")
 
 
 # -- changes and the trail -----------------------------------------------------------------------

@@ -98,7 +98,9 @@ class MetricStats:
         mean = m[1] / n
         if n < 2:
             return cls(name, n, mean, None, None)
-        var = max(0.0, (m[2] - n * mean * mean) / (n - 1))
+        var = (m[2] - n * mean * mean) / (n - 1)
+        if var <= 1e-12 * max(1.0, mean * mean):  # rounding of equal values, not spread
+            var = 0.0
         sd = math.sqrt(var)
         half = _Z95 * sd / math.sqrt(n)
         return cls(name, n, mean, (mean - half, mean + half), sd)
