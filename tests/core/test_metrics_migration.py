@@ -4,10 +4,8 @@ aggregate and read back metrics; odd stored values read as absent, never raise."
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
 import time
-from pathlib import Path
 
 import pytest
 
@@ -17,18 +15,7 @@ from sil_core.store import open_store
 
 from ..conftest import PG_BASE
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "v1"
-EXPECTED = json.loads((FIXTURES / "expected.json").read_text())
-
-
-def _v1_url(kind: str, tmp_path: Path) -> str:
-    if kind == "sqlite":
-        db = tmp_path / "store.db"
-        with sqlite3.connect(db) as conn:
-            conn.executescript((FIXTURES / "sqlite.sql").read_text())
-        return f"sqlite:///{db}"
-    shutil.copytree(FIXTURES / "jsonl", tmp_path / "jsonl")
-    return f"jsonl:///{tmp_path / 'jsonl'}"
+from .test_fixture_stores import EXPECTED, FIXTURES, _url
 
 
 def _old_stats(g: Guard) -> dict:
@@ -45,7 +32,7 @@ def _same(got: dict, want: dict) -> None:
 
 @pytest.mark.parametrize("kind", ["sqlite", "jsonl"])
 def test_a_v1_store_records_and_reads_metrics(kind, tmp_path):
-    url = _v1_url(kind, tmp_path)
+    url = _url(kind, tmp_path)
     with Guard(url, refresh_interval=0, handle_sigterm=False) as g:
         _same(_old_stats(g), EXPECTED[kind]["stats"])
         old = g.stats("planner")  # written before metrics: only the score, from its own fields
