@@ -67,8 +67,8 @@ def _warn_process_local(store: Store) -> None:
     if key in _warned_local:
         return
     _warned_local.add(key)
-    _log.warning("sil-guard: DictConfigAdapter keeps configs in this process's memory, but %r is shared by other "
-                 "processes: a promotion here is invisible to them, and a restart serves the original config. "
+    _log.warning("sil-guard: DictConfigAdapter keeps configs in this process's memory, but %r can be shared by "
+                 "other processes: a promotion here is invisible to them, and a restart serves the original config. "
                  "Use SharedConfigAdapter(guard.store) (see the README, 'More than one process')", store)
 
 

@@ -1,7 +1,8 @@
 """Numeric metrics of calls (quality scores, tokens, cost, anything else) and guardrails.
 
-A call carries ``metrics``: short names to finite floats. Names are identifiers
-(:data:`NAME_RE`); a value that is not a finite number, or a bad name, is dropped and
+A call carries ``metrics``: short names to finite floats. Names are ASCII identifiers of at
+most 64 characters, dots allowed (:data:`NAME_RE`: ``tokens_out``, ``judge.faithfulness``);
+a value that is not a finite number, or a bad name, is dropped and
 counted (``guard.health()``), never raised. Four names are reserved and captured by the
 integrations: ``score`` (the call's quality score, also ``call.score``), ``tokens_in``,
 ``tokens_out`` and ``cost_usd``.
@@ -44,6 +45,9 @@ def clean_metrics(metrics: Any, where: str) -> dict[str, float] | None:
     for name, value in metrics.items():
         if not isinstance(name, str) or not NAME_RE.match(name):
             note(f"{where} name", name)
+            continue
+        if isinstance(value, (str, bytes)):  # a number, not text that reads as one
+            note(f"{where} value", value)
             continue
         number = finite(value, f"{where} value")
         if number is not None:

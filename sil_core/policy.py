@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Mapping
 
 from .errors import ConfigError
-from .metrics import DEFAULT_GUARDRAILS, Guardrail
+from .metrics import DEFAULT_GUARDRAILS, NAME_RE, Guardrail
 
 __all__ = ("RolloutPolicy",)
 
@@ -94,7 +94,11 @@ class RolloutPolicy:
     def __post_init__(self) -> None:
         if not isinstance(self.metrics, Mapping):
             raise ConfigError(f"metrics must be a mapping of metric name to Guardrail, not {type(self.metrics).__name__}")
-        object.__setattr__(self, "metrics", {str(k): Guardrail.coerce(v, str(k)) for k, v in self.metrics.items()})
+        bad = [k for k in self.metrics if not isinstance(k, str) or not NAME_RE.match(k)]
+        if bad:
+            raise ConfigError(f"metrics: {bad[0]!r} can never be recorded: a metric name is an ASCII identifier of "
+                              "at most 64 characters (letters, digits, '_', '.')")
+        object.__setattr__(self, "metrics", {k: Guardrail.coerce(v, k) for k, v in self.metrics.items()})
         if not 0 < self.alpha < 1:
             raise ConfigError("alpha must be in (0, 1)")
         if self.on_inconclusive not in _ON_INCONCLUSIVE:

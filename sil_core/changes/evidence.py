@@ -17,17 +17,22 @@ __all__ = ("arms", "dump_cell", "frozen_baseline", "load_cell")
 
 
 def dump_cell(cell: Cell | None) -> list | None:
-    """A cell as JSON (what a change row stores)."""
+    """A cell as JSON (what a change row stores): values, histogram, and its metrics'
+    moments when it has any (rows written before metrics have two elements)."""
     if cell is None:
         return None
-    return [list(cell.values()), {str(b): n for b, n in cell.hist.items()}]
+    out = [list(cell.values()), {str(b): n for b, n in cell.hist.items()}]
+    if cell.metrics:
+        out.append({name: list(m) for name, m in cell.metrics.items()})
+    return out
 
 
 def load_cell(data: list | None) -> Cell:
     if not data:
         return Cell()
-    values, hist = data
-    return Cell.from_values(values, {int(b): n for b, n in hist.items()})
+    values, hist = data[0], data[1]
+    metrics = data[2] if len(data) > 2 and isinstance(data[2], dict) else None
+    return Cell.from_values(values, {int(b): n for b, n in hist.items()}, metrics)
 
 
 def arms(store: Store, row: ChangeRow) -> tuple[Cell, Cell]:

@@ -161,3 +161,61 @@ def test_every_metric_that_got_worse_is_in_the_evidence():
     v = judge(arm(400, rng, score=0.82, tokens=6.0), arm(150, rng, score=0.6, tokens=6.6), POLICY)
     assert v.kind == Verdict.REGRESSED and v.metric == "score"
     assert set(v.evidence["metrics"]) == {"score", "tokens_out"} and "also worse: tokens_out" in v.reason
+
+
+def test_a_change_judges_metrics_on_its_own_calls_only():
+    """An arm's earlier calls (a re-proposed patch, a version served before) are not this
+    change's evidence: metrics start from zero with the change, like success."""
+    from sil_core import DictConfigAdapter
+
+    g = Guard("memory://", policy=RolloutPolicy(min_calls=30), flush_interval=0.01, refresh_interval=0.01)
+    adapter = DictConfigAdapter({"agent": {"prompt": "v1"}})
+    for attempt in range(2):
+        g.propose("agent", {"prompt": "v2"}, adapter=adapter, mode="canary")
+        for i in range(20):
+            with g.call("agent", key=f"{attempt}-{i}") as c:
+                c.metrics["tokens_out"] = 100.0
+                c.score = 0.5
+        g.flush()
+        arms = g.arms("agent").values()
+        assert sum(a.n for a in arms) == 20
+        assert sum(a.metrics["tokens_out"].n for a in arms if "tokens_out" in a.metrics) == 20
+        assert g.rollback("agent", cooldown=False) is True
+    g.close()
+
+
+def test_a_switch_mode_change_is_judged_on_metrics_against_its_frozen_baseline():
+    """A switch has no live baseline: the frozen window must keep the metrics too (a skill edit
+    that triples cost is rolled back, not promoted at the horizon)."""
+    from sil_core import DictConfigAdapter
+
+    rng = random.Random(12)
+    g = Guard("memory://", policy=RolloutPolicy(min_calls=30), flush_interval=0.01, refresh_interval=0.01)
+    adapter = DictConfigAdapter({"skill": {"v": 1}})
+    for _ in range(60):
+        with g.call("skill") as c:
+            c.metrics["cost_usd"] = rng.lognormvariate(-7, 0.3)
+    g.flush()
+    g.propose("skill", {"v": 2}, adapter=adapter, mode="switch")
+    for i in range(300):
+        with g.call("skill") as c:
+            c.metrics["cost_usd"] = 3 * rng.lognormvariate(-7, 0.3)
+        if i % 10 == 9:
+            g.flush()
+            g.evaluate("skill")
+            if not g.change("skill").in_flight:
+                break
+    change = g.change("skill")
+    assert change.state == "rolled_back" and change.verdict.metric == "cost_usd"
+    assert change.verdict.evidence["metrics"]["cost_usd"]["ratio"] == pytest.approx(3, rel=0.15)
+    g.close()
+
+
+def test_metric_values_must_be_numbers_and_guardrails_name_recordable_metrics():
+    g = Guard("memory://")
+    with g.call("t") as c:
+        c.metrics.update({"as_text": "12", "ok": 3, "nan": float("nan"), "bad name": 1.0, "x" * 65: 1.0})
+    assert set(g.stats("t").metrics) == {"ok"}
+    g.close()
+    with pytest.raises(ConfigError, match="can never be recorded"):
+        RolloutPolicy(metrics={"bad name": Guardrail("lower", 0.1)})
