@@ -335,8 +335,9 @@ def guarded_node(fn: Callable[..., Any], *, guard: Any, target: Optional[str] = 
     node = _Node(guard, target, success, retry_policy, getattr(fn, "__qualname__", repr(fn)), key, evaluate)
     begin, end = node.shells()
     # The fast lane: an execution of a registered, unversioned (Recorder.plain), unjudged
-    # target, not resuming, with no success predicate. It skips the shells and records
-    # through Recorder.ok, the cheapest way to record a call; the queue's bound and the
+    # target, not resuming, with no success predicate. It skips the shells (no thread pin,
+    # no routing key) and records through the Recorder directly, with current_call() set so
+    # that the node's own metrics and call id work before any change too; the queue's bound and the
     # flusher's wake-up are checked by the general path, which every target takes at least
     # once per refresh interval (its view expires). LangGraph runs each node between
     # hundreds of µs of its own code, so every Python frame saved here counts (see
@@ -355,21 +356,18 @@ def guarded_node(fn: Callable[..., Any], *, guard: Any, target: Optional[str] = 
                 if (rec is not None and name not in judged and rec.plain()
                         and not configurable.get(RESUMING_KEY)):
                     watched = watch(config, None, table)
+                    begun = rec.begin()  # current_call() (its metrics, its call_id) works inside
                     ts, t0 = _now(), _perf()
                     try:
                         result = await fn(*args, **kwargs)
                     except BaseException as exc:
                         duration = _perf() - t0
-                        await rec.aput(end((name, configurable.get("thread_id"), configurable, None, None, False), ts,
+                        await rec.aput(end((name, configurable.get("thread_id"), configurable, *begun, False), ts,
                                            duration, exc, None, unwatch(config, watched)))
                         raise
                     duration = _perf() - t0
-                    metrics = unwatch(config, watched)
-                    if metrics is None:
-                        rec.ok(ts, duration, node_attempt(configurable) or 1)
-                    else:
-                        await rec.aput(rec.end(None, ts, duration, attempt=node_attempt(configurable) or 1,
-                                               metrics=metrics))
+                    await rec.aput(rec.end(begun, ts, duration, attempt=node_attempt(configurable) or 1,
+                                           metrics=unwatch(config, watched)))
                     return result
             run = begin(config)
             watched = watch(config, _metrics_of(run), table) if config else None
@@ -393,20 +391,18 @@ def guarded_node(fn: Callable[..., Any], *, guard: Any, target: Optional[str] = 
                 if (rec is not None and name not in judged and rec.plain()
                         and not configurable.get(RESUMING_KEY)):
                     watched = watch(config, None, table)
+                    begun = rec.begin()  # current_call() (its metrics, its call_id) works inside
                     ts, t0 = _now(), _perf()
                     try:
                         result = fn(*args, **kwargs)
                     except BaseException as exc:
                         duration = _perf() - t0
-                        rec.put(end((name, configurable.get("thread_id"), configurable, None, None, False), ts,
+                        rec.put(end((name, configurable.get("thread_id"), configurable, *begun, False), ts,
                                     duration, exc, None, unwatch(config, watched)))
                         raise
                     duration = _perf() - t0
-                    metrics = unwatch(config, watched)
-                    if metrics is None:
-                        rec.ok(ts, duration, node_attempt(configurable) or 1)
-                    else:
-                        rec.put(rec.end(None, ts, duration, attempt=node_attempt(configurable) or 1, metrics=metrics))
+                    rec.put(rec.end(begun, ts, duration, attempt=node_attempt(configurable) or 1,
+                                    metrics=unwatch(config, watched)))
                     return result
             run = begin(config)
             watched = watch(config, _metrics_of(run), table) if config else None

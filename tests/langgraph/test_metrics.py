@@ -401,3 +401,33 @@ def test_middleware_records_the_sum_over_model_calls_per_run_with_cost_and_score
     assert (stats.metrics["score"].n, stats.metrics["score"].mean) == (24, pytest.approx(0.6))
     for record in guard.store.read_calls("agent", limit=100):
         assert record.context_value()["model_calls"] == 3
+
+
+def test_a_node_before_its_first_change_has_current_call_for_its_own_metrics_and_id():
+    """The fast lane of a node no version serves yet still sets current_call(): the node's own
+    metrics land on its record and its call id takes feedback (a baseline period loses nothing)."""
+
+    class S(TypedDict, total=False):
+        q: int
+        call_id: str
+
+    def node(state: S) -> dict:
+        call = current_call()
+        call.metrics["faithfulness"] = 0.5 + state["q"] / 100
+        return {"call_id": call.call_id}
+
+    g = Guard("memory://", flush_interval=0.01)
+    builder = StateGraph(S)
+    builder.add_node("answer", guarded_node(node, guard=g))
+    builder.add_edge(START, "answer")
+    builder.add_edge("answer", END)
+    graph = builder.compile()
+    ids = [graph.invoke({"q": q})["call_id"] for q in range(10)]
+    g.feedback(ids[0], metrics={"faithfulness": 1.0})
+    g.flush()
+    stats = g.stats("answer")
+    assert stats.n == 10 and stats.metrics["faithfulness"].n == 10
+    truth = [1.0] + [0.5 + q / 100 for q in range(1, 10)]
+    assert stats.metrics["faithfulness"].mean == pytest.approx(sum(truth) / 10)
+    assert len(set(ids)) == 10
+    g.close()
