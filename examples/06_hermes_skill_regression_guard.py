@@ -155,7 +155,7 @@ def main() -> int:
             "action": "patch", "name": "release-notes", "old_string": "List each change on one line, newest first.",
             "new_string": "Always consult the release-notes-style-guide skill first."}))
         drain()
-        print(f"5. the same edit again: {again.get('error') or 'written, then undone (its cooldown)'}"[:120])
+        print(f"5. the same edit again: {again.get('error') or 'written (not refused!)'}"[:120])
         print(f"   SKILL.md still v1: {skill_md.read_text() == SKILL_V1}")
         report = guard.verify_trail()
         print(f"6. trail: {report.events} events, hash chain {'verified' if report.ok else 'BROKEN'}")

@@ -81,6 +81,8 @@ def in_review() -> bool:
 
 
 _UNSET = object()
+#: the store's record of which rollbacks a model was told of (key: the change id)
+NOTICE_KIND = "hermes_notice"
 
 
 class Load:
@@ -159,7 +161,21 @@ class Runtime:
         if adapter is not None:
             self.adapter = adapter
         self._refreshed = 0.0  # never: the next view re-reads the rollbacks first
+        self._observe(guard)
         self._hook_exit()
+
+    def _observe(self, guard: Any) -> None:
+        """Re-read the rollbacks right after this process's guard decides one (others'
+        decisions are seen within ``QUARANTINE_REFRESH_S``)."""
+        runtime_ = self
+
+        class Decisions:
+            def trail_event(self, event: dict) -> None:
+                if str(event.get("target") or "").startswith("hermes:"):
+                    runtime_._refreshed = 0.0
+
+        with fail_open("hermes.observe"):
+            guard.add_observer(Decisions())
 
     def _hook_exit(self) -> None:
         """(Re-)register the exit handler so it runs before the guards' own (atexit runs
@@ -195,6 +211,7 @@ class Runtime:
             from ._settings import guard_for
 
             self.guard = guard_for(self.adapter.home, strict=False, worker_id=f"hermes:{os.getpid()}")
+            self._observe(self.guard)
             self._hook_exit()
         return self.guard
 
@@ -252,7 +269,8 @@ class Runtime:
 
     def notice(self, skill: str) -> Optional[str]:
         """A short note for the model on the first load of a skill after its rollback (once
-        per rollback and process): which version was restored, and why."""
+        per rollback, across processes: the store keeps who told): which version was
+        restored, and why."""
         got = self.rolled.get(skill)
         if got is None or got[0] in self.noticed or self.current.get(skill) != got[1]:
             return None
@@ -260,8 +278,17 @@ class Runtime:
             if got[0] in self.noticed:
                 return None
             self.noticed.add(got[0])
-        return (f"sil-guard: skill '{skill}' was rolled back to version {got[1]} because its last edit "
-                f"regressed ({got[2]}). Do not make the same edit again.")
+        guard = self.guard
+        if guard is not None:  # one process tells; one-shot processes (chat -q, -z) must not repeat it
+            with fail_open("hermes.notice"):
+                if guard.store.kv_put(NOTICE_KIND, got[0], {"skill": skill, "ts": time.time()}, expect_rev=0) is None:
+                    return None
+        change_id, version, reason, manual = got
+        if manual:
+            return (f"sil-guard: skill '{skill}' was rolled back to version {version} by a person ({reason}). "
+                    "Do not make the same edit again without being asked.")
+        return (f"sil-guard: skill '{skill}' was rolled back to version {version} because its last edit "
+                f"regressed ({reason}). Do not make the same edit again.")
 
     def loaded(self, session: Optional[str], skill: str, source: str, duration_ms: int = 0) -> None:
         load = Load(skill, source, duration_ms, session)
@@ -303,6 +330,7 @@ class Runtime:
         """Keep the skill as it is before a ``skill_manage`` write; the reason to refuse the
         write when it would bring back a quarantined (rolled-back) version, else ``None``."""
         before = self.adapter.get_config(skill)  # the disk read that must precede the write
+        self.refresh_quarantine()  # at most every QUARANTINE_REFRESH_S, or after a decision here
         versions = self.blocked.get(skill)
         if versions and isinstance(args, dict):
             predicted = _predict(before, args)
@@ -526,8 +554,8 @@ class Runtime:
                 if reason == SUPERSEDED:  # replaced by a newer edit, not found to regress
                     continue
                 blocked.setdefault(skill_of(change.target), {})[change.candidate_version] = reason
-        rolled = {skill_of(t): (c.id, c.baseline_version, _reason(c)) for t, c in latest.items()
-                  if c.state == State.ROLLED_BACK and _reason(c) != SUPERSEDED}
+        rolled = {skill_of(t): (c.id, c.baseline_version, _reason(c), bool(c.verdict and c.verdict.metric == "manual"))
+                  for t, c in latest.items() if c.state == State.ROLLED_BACK and _reason(c) != SUPERSEDED}
         active = {skill: guard.view(target_for(skill), fresh=True).active for skill in blocked}
         self.blocked, self.active, self.rolled = blocked, active, rolled
 

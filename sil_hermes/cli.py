@@ -11,6 +11,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from sil_core.cli_actions import actor
+
 from . import _compat
 from .skills import SkillConfigAdapter, target_for
 
@@ -49,7 +51,8 @@ def history(store, skill: str) -> List[tuple]:
             writers[edit["after"]] = edit.get("writer")
     guard = _guard(store)
     try:
-        active = guard.view(target, fresh=True).active
+        view = guard.view(target, fresh=True)
+        active, pinned = view.active, view.pinned
         quarantined = {c.candidate_version for c in guard.changes(target) if c.state == State.ROLLED_BACK}
         versions = guard.versions(target)
     finally:
@@ -57,6 +60,8 @@ def history(store, skill: str) -> List[tuple]:
     rows = []
     for v in versions:
         status = "active" if v["version"] == active else "quarantined" if v["version"] in quarantined else ""
+        if status == "active" and pinned:
+            status = "active, pinned (sil unpin " + target + ")"
         rows.append((v["version"], _when(v["created"]), writers.get(v["version"], "-"), status))
     return rows
 
@@ -74,7 +79,7 @@ def rollback(store, skill: str, adapter: SkillConfigAdapter, to: Optional[str] =
         if latest is not None and latest.in_flight:
             if isinstance(latest.patch.get("config"), dict):  # restore only the keys it changed
                 adapter.note_candidate(target, {"config": latest.patch["config"]})
-            if not guard.rollback(target, actor="cli:hermes"):
+            if not guard.rollback(target, actor=actor()):
                 return f"{skill}: rollback of change {latest.id} not done (another worker holds it)"
             done.append(f"rolled back change {latest.id} to {latest.baseline_version}")
             if to is None or to == latest.baseline_version:
@@ -82,8 +87,9 @@ def rollback(store, skill: str, adapter: SkillConfigAdapter, to: Optional[str] =
         version = to or (latest.baseline_version if latest else None)
         if not version:
             return f"{skill}: nothing to roll back (no recorded change)"
-        guard.pin(target, version, adapter=adapter, actor="cli:hermes")
-        done.append(f"restored {version}")
+        guard.pin(target, version, adapter=adapter, actor=actor())
+        done.append(f"restored {version} and pinned it: the agent's edits of this skill are refused until "
+                    f"`sil unpin {target}`")
         return f"{skill}: " + "; ".join(done)
     finally:
         guard.close()

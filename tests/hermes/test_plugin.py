@@ -123,17 +123,24 @@ def test_config_keys_restore_keeps_other_edits_and_comments(home):
     assert "skin: dark" in text and "this comment must survive" in text
 
 
-def test_the_same_bad_edit_during_its_cooldown_is_undone_on_disk(home, guard):
+def test_the_same_bad_edit_during_its_cooldown_is_undone_on_disk(home, guard, tmp_path):
+    from sil_core import Guard
     from sil_core.integration import State
+    from sil_hermes import SkillConfigAdapter
 
     rt = attach(guard)
     skill_md = home / "skills" / "demo-skill" / "SKILL.md"
     call("skill_manage", PATCH)
     rt.drain()
-    assert guard.rollback("hermes:demo-skill") is True
+    guard.flush()
+    other = Guard(f"sqlite:///{tmp_path / 'sil.db'}", adapter=SkillConfigAdapter(home))  # another process decides
+    try:
+        assert other.rollback("hermes:demo-skill") is True
+    finally:
+        other.close()
     assert call("skill_view", {"name": "demo-skill"})["success"] is True  # v1 is served again
-    # the hooks do not know of the rollback yet (they re-read rollbacks at most every 2 s):
-    # the same bad edit lands again (a background review, say), is refused, and is undone
+    # this process does not know of the rollback yet (it re-reads others' rollbacks at most
+    # every 2 s): the same bad edit lands again (a background review, say), is refused, and is undone
     assert call("skill_manage", PATCH)["success"] is True
     rt.drain()
     assert skill_md.read_bytes() == SKILL_V1.encode()  # not left on disk behind a quarantine
@@ -175,10 +182,7 @@ def test_a_quarantined_version_is_blocked_with_a_message_to_the_model(home, guar
     assert guard.rollback("hermes:demo-skill") is True
     assert call("skill_view", {"name": "demo-skill"})["success"] is True  # v1 is served again
     skill_md.write_bytes(bad)  # the bad version comes back outside skill_manage (a restore from git, say)
-    call("skill_view", {"name": "demo-skill"})  # seen on disk: its version is known
-    rt.drain()
-    rt.refresh_quarantine(force=True)  # the hooks re-read rollbacks at most every 2 s
-    blocked = call("skill_view", {"name": "demo-skill"})
+    blocked = call("skill_view", {"name": "demo-skill"})  # this process's rollback is known at once
     assert "quarantined" in blocked["error"] and "demo-skill" in blocked["error"]
     assert "Do not load or follow it" in blocked["error"]
     rt.drain()
@@ -355,3 +359,15 @@ def test_a_queued_edit_never_rewrites_the_disk(home, guard):
     change = guard.propose("hermes:demo-skill", {"files": v2_files}, adapter=EditedSkill(adapter, v1), mode="switch")
     assert change.state in ("canary", "switched") and change.baseline_version != change.candidate_version
     assert (home / "skills" / "demo-skill" / "SKILL.md").read_bytes() == SKILL_V1.encode()
+
+
+def test_a_rollback_decided_in_this_process_refuses_the_same_edit_at_once(home, guard):
+    rt = attach(guard)
+    skill_md = home / "skills" / "demo-skill" / "SKILL.md"
+    call("skill_manage", PATCH)
+    rt.drain()
+    assert guard.rollback("hermes:demo-skill") is True
+    refused = call("skill_manage", PATCH)  # no 2 s wait: this process's own decision is known at once
+    assert "would bring back version" in refused["error"]
+    rt.drain()
+    assert skill_md.read_bytes() == SKILL_V1.encode()

@@ -98,3 +98,31 @@ def test_the_next_load_after_a_rollback_tells_the_model_once(home, guard, fast_r
     assert "rolled back" in note and v1 in note and "tool errors in 3 turns" in note and len(note) < 300
     again = call("skill_view", {"name": "demo-skill"})
     assert again["success"] is True and "sil_guard" not in again
+
+
+def test_the_notice_is_given_once_across_processes(home, guard, tmp_path, monkeypatch, fast_refresh):
+    """One process per turn (hermes chat -q, -z): the next process must not tell it again."""
+    import sil_hermes._runtime as rt_mod
+
+    rt, v1, v2 = bad_edit_rolled_back(home, guard)
+    time.sleep(fast_refresh * 1.5)
+    assert "sil_guard" in call("skill_view", {"name": "demo-skill"})
+    rt.drain()
+    guard.flush()
+    fresh = rt_mod.Runtime()  # the next one-shot process, on the same store
+    monkeypatch.setattr(rt_mod, "_runtime", fresh)
+    monkeypatch.setenv("SIL_STORE", f"sqlite:///{tmp_path / 'sil.db'}")
+    try:
+        again = call("skill_view", {"name": "demo-skill"})
+        assert again["success"] is True and "sil_guard" not in again
+    finally:
+        fresh.drain(10)
+        if fresh.guard is not None:
+            fresh.guard.close()
+
+
+def test_a_manual_rollback_is_not_called_a_regression(home, guard, fast_refresh):
+    rt, v1, v2 = bad_edit_rolled_back(home, guard, reason="the tone was wrong")
+    time.sleep(fast_refresh * 1.5)
+    note = call("skill_view", {"name": "demo-skill"})["sil_guard"]
+    assert "by a person (the tone was wrong)" in note and "regressed" not in note

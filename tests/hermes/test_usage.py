@@ -19,14 +19,16 @@ def script(phase):
     return replies
 
 
-def test_turn_tokens_and_cost_per_version_equal_what_the_model_reported(home, guard):
+def test_turn_tokens_and_cost_per_version_equal_what_the_model_reported(home, tmp_path):
     from model_tools import handle_function_call
-    from sil_core import config_version
+    from sil_core import Guard, RolloutPolicy, config_version
     from sil_hermes import SkillConfigAdapter, SkillGuard
     from sil_hermes.plugin import drain
 
     config = home / "config.yaml"
     config.write_text(config.read_text() + "sil:\n  prices: {fake-model: [1.0, 4.0]}\n")
+    # a guard that only records here (the candidate's tripled tokens would roll it back otherwise)
+    guard = Guard(f"sqlite:///{tmp_path / 'sil.db'}", flush_interval=0.05, policy=RolloutPolicy(min_calls=1000))
     skills = SkillGuard(guard, adapter=SkillConfigAdapter())
     phase = {"v2": False}
     with FakeLLM(script(phase)) as fake:
@@ -54,3 +56,4 @@ def test_turn_tokens_and_cost_per_version_equal_what_the_model_reported(home, gu
     assert stats.n == 6 and stats.metrics["tokens_in"].n == 6
     assert stats.metrics["tokens_in"].mean == 230 and stats.metrics["tokens_out"].mean == 67
     assert stats.metrics["cost_usd"].mean == pytest.approx((230 * 1.0 + 67 * 4.0) / 1e6)
+    guard.close()
