@@ -10,6 +10,15 @@ Variants, all in one process and one run:
   ``@guard.track("bench")`` of a ``Guard(url)`` on a fresh store (a temporary folder, or a
   fresh PostgreSQL schema ``sil_bench_<random>`` dropped afterwards; skipped with a note
   when PostgreSQL cannot be reached);
+* ``sil-memory-otel``: ``sil-memory`` under ``sil_core.otel.instrument`` with the
+  OpenTelemetry SDK as a service would run it: a ``TracerProvider`` with a
+  ``BatchSpanProcessor`` whose exporter drops the spans (no network), a ``MeterProvider``
+  with an ``InMemoryMetricReader``; every call makes a span, two metric points, and its
+  attributes (skipped with a note without the ``[otel]`` extra);
+* ``sil-memory-otel-noop``: the same with OpenTelemetry's no-op providers (the API without
+  an SDK): what the observer costs when nothing records;
+* ``otel-span-only``: no guard, the function inside ``tracer.start_as_current_span`` of the
+  same SDK setup: what one OpenTelemetry span costs on this machine, for comparison;
 * ``seed-0.1.3``: ``SelfImprovingLoop(data_dir=tmp)`` (default JSONL storage) and
   ``execute_with_improvement("bench", "bench", fn)`` with one agent id reused, i.e. the
   seed's steady-state success path (an fsync'd append per call, then a rollback check).
@@ -67,7 +76,8 @@ from _common import (  # noqa: E402
 
 from sil_core import Guard  # noqa: E402
 
-VARIANTS = ("bare", "sil-memory", "sil-jsonl", "sil-sqlite", "sil-sqlite-canary", "sil-postgresql", "seed-0.1.3")
+VARIANTS = ("bare", "sil-memory", "sil-memory-otel", "sil-memory-otel-noop", "sil-jsonl", "sil-sqlite",
+            "sil-sqlite-canary", "sil-postgresql", "otel-span-only", "seed-0.1.3")
 SIL_VARIANTS = tuple(v for v in VARIANTS if v.startswith("sil-"))
 TARGET = "bench"
 
@@ -104,8 +114,10 @@ class Subject:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def guard_subject(name: str, url: str, cleanup: Callable[[], Any] = lambda: None, *, canary: bool = False) -> Subject:
+def guard_subject(name: str, url: str, cleanup: Callable[[], Any] = lambda: None, *, canary: bool = False,
+                  setup: Callable[[Guard], Any] = lambda guard: None) -> Subject:
     guard = Guard(url)
+    setup(guard)
     if canary:  # a change in flight: every call is routed to an arm and judged in the background
         from sil_core import DictConfigAdapter, RolloutPolicy
 
@@ -120,6 +132,69 @@ def guard_subject(name: str, url: str, cleanup: Callable[[], Any] = lambda: None
         cleanup()
 
     return Subject(name, make_loop, guard.flush, close, {"store": repr(guard.store)})
+
+
+def otel_sdk() -> tuple[Any, Any]:
+    """A tracer provider whose batch processor drops what it exports (an OTLP exporter minus
+    the network) and a meter provider with an in-memory reader."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    class DropExporter(SpanExporter):
+        def export(self, spans):
+            return SpanExportResult.SUCCESS
+
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(BatchSpanProcessor(DropExporter()))
+    return tracer_provider, MeterProvider(metric_readers=[InMemoryMetricReader()])
+
+
+def span_only_subject() -> Subject:
+    tracer_provider, meter_provider = otel_sdk()
+    span = tracer_provider.get_tracer("bench").start_as_current_span
+
+    def make_loop(fn: Callable[[], Any]) -> Loop:
+        def spanned() -> Any:
+            with span("bench"):
+                return fn()
+
+        return call_loop(spanned)
+
+    def close() -> None:
+        tracer_provider.shutdown()
+        meter_provider.shutdown()
+
+    return Subject("otel-span-only", make_loop, close=close, info={"otel": "sdk, one span per call, no guard"})
+
+
+def otel_subject(name: str, *, sdk: bool) -> Subject:
+    """``sil-memory`` instrumented with OpenTelemetry: the SDK exporting nowhere, or no-op providers."""
+    from sil_core.otel import instrument
+
+    if sdk:
+        tracer_provider, meter_provider = otel_sdk()
+    else:
+        from opentelemetry.metrics import NoOpMeterProvider
+        from opentelemetry.trace import NoOpTracerProvider
+
+        tracer_provider, meter_provider = NoOpTracerProvider(), NoOpMeterProvider()
+    subject = guard_subject(name, "memory://", setup=lambda guard: instrument(
+        guard, tracer_provider=tracer_provider, meter_provider=meter_provider, decisions=("spans",)))
+    close = subject.close
+
+    def close_all() -> None:
+        close()
+        for provider in (tracer_provider, meter_provider):
+            shutdown = getattr(provider, "shutdown", None)
+            if shutdown is not None:
+                shutdown()
+
+    subject.close = close_all
+    subject.info = {"store": subject.info["store"], "otel": "sdk, batch span processor dropping spans, "
+                    "in-memory metric reader" if sdk else "no-op tracer and meter providers"}
+    return subject
 
 
 def seed_subject(data_dir: Path) -> Subject:
@@ -142,6 +217,9 @@ def open_subjects(tmp: Path, pg_url: str, only: set[str] | None, notes: list[str
     subjects: dict[str, Subject] = {"bare": Subject("bare", call_loop)}
     factories: dict[str, Callable[[], Subject]] = {
         "sil-memory": lambda: guard_subject("sil-memory", "memory://"),
+        "sil-memory-otel": lambda: otel_subject("sil-memory-otel", sdk=True),
+        "sil-memory-otel-noop": lambda: otel_subject("sil-memory-otel-noop", sdk=False),
+        "otel-span-only": span_only_subject,
         "sil-jsonl": lambda: guard_subject("sil-jsonl", f"jsonl:///{tmp / 'jsonl'}"),
         "sil-sqlite": lambda: guard_subject("sil-sqlite", f"sqlite:///{tmp / 'sqlite.db'}"),
         "sil-sqlite-canary": lambda: guard_subject("sil-sqlite-canary", f"sqlite:///{tmp / 'canary.db'}",
@@ -240,27 +318,46 @@ def ratios(results: dict[str, dict]) -> dict[str, float | None]:
     return out
 
 
+def otel_added(results: dict[str, dict]) -> dict[str, float | None]:
+    """What instrumentation adds per call: each otel variant's added time minus ``sil-memory``'s
+    (µs), and its ratio to ``sil-memory``'s added time."""
+    plain = results.get("sil-memory", {}).get("added_us_median")
+    out: dict[str, float | None] = {}  # one_span_us: a bare SDK span, no guard (otel-span-only)
+    for name in ("sil-memory-otel", "sil-memory-otel-noop"):
+        added = results.get(name, {}).get("added_us_median")
+        key = name.removeprefix("sil-memory-").replace("-", "_")
+        ok = added is not None and plain is not None
+        out[f"{key}_extra_us"] = round(added - plain, 3) if ok else None
+        out[f"{key}_over_plain"] = round(added / plain, 2) if ok and plain > 0 else None
+    out["one_span_us"] = results.get("otel-span-only", {}).get("added_us_median")
+    return out
+
+
 def render(report: dict) -> str:
     lines = []
     for workload, results in report["workloads"].items():
         lines.append(f"\n{workload} workload")
-        lines.append(f"  {'variant':<16}{'added µs':>11}{'95% CI':>22}{'per call µs':>14}{'+flush µs':>12}")
+        lines.append(f"  {'variant':<22}{'added µs':>11}{'95% CI':>22}{'per call µs':>14}{'+flush µs':>12}")
         for name in VARIANTS:
             r = results.get(name)
             if r is None:
                 continue
             if r.get("skipped"):
-                lines.append(f"  {name:<16}  skipped: {r['skipped']}")
+                lines.append(f"  {name:<22}  skipped: {r['skipped']}")
                 continue
             ci = r["added_us_ci95"]
             ci_text = f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "n/a"
             lines.append(
-                f"  {name:<16}{r['added_us_median']:>11.2f}{ci_text:>22}{r['per_call_us_median']:>14.2f}"
+                f"  {name:<22}{r['added_us_median']:>11.2f}{ci_text:>22}{r['per_call_us_median']:>14.2f}"
                 f"{r['added_with_flush_us_median']:>12.2f}"
             )
         rat = report["ratios"].get(workload, {})
         shown = ", ".join(f"{k.removeprefix('seed_over_')}: {'n/a' if v is None else f'{v:g}x'}" for k, v in rat.items())
         lines.append(f"  seed added time / sil added time -> {shown}")
+        o = report["otel"].get(workload, {})
+        if o.get("otel_extra_us") is not None or o.get("otel_noop_extra_us") is not None:
+            lines.append("  OpenTelemetry on sil-memory -> " + ", ".join(
+                f"{k}: {'n/a' if v is None else f'{v:g}'}" for k, v in o.items()))
     t = report["targets"]
     lines.append(
         f"\ntargets (0ms): sil-sqlite added <= 5 µs: {t['sil_sqlite_added_le_5us']}; "
@@ -333,9 +430,11 @@ def main(argv: list[str] | None = None) -> int:
         notes.append("sleeping workloads: one sleep varies by tens of µs, so read added_us_ci95 (the bare "
                      "variant's interval is the noise floor); a ratio whose sil interval reaches 0 means little. "
                      "Background writes that land inside a block are charged to that block")
+    otel_cost = {w: otel_added(r) for w, r in workloads.items()}
     report = {
         "workloads": workloads,
         "ratios": all_ratios,
+        "otel": otel_cost,
         "targets": {
             "sil_sqlite_added_le_5us": None if sqlite_added is None else sqlite_added <= 5.0,
             "seed_over_sil_sqlite_ge_20x": None if seed_ratio is None else seed_ratio >= 20.0,

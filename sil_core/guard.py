@@ -227,11 +227,13 @@ class Guard(ChangeControl, AsyncControl):
         exporter: see ``sil_core.observe`` for the methods it may have)."""
         if observer not in self._observers:
             self._observers.append(observer)
+            self._observers.changed()
 
     def remove_observer(self, observer: Any) -> None:
         """Stop telling ``observer`` (an unknown observer is ignored)."""
         if observer in self._observers:
             self._observers.remove(observer)
+            self._observers.changed()
 
     def evaluate_later(self, call_id: str, evaluator: Callable[[Any], Any], result: Any) -> None:
         """Run ``evaluator(result)`` on a background pool and give its value to the call as

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 __all__ = ("Begun", "Recorder")
 
 _OK, _ERROR = Outcome.OK, Outcome.ERROR
+#: observed calls in flight remembered by their token (``HotPath.observed``)
+_OBSERVED_MAX = 100_000
 #: what ``begin`` returns: ``(route, token)``; ``route`` is ``(version, arm, config)`` or ``None``
 Begun = tuple
 
@@ -40,6 +42,9 @@ class HotPath:
         self.writer = guard._writer
         self.readers: dict[str, Callable[[], dict | None]] = {}  # per target: its adapter's config
         self.observers = guard._observers
+        #: id(contextvar token) -> (token, CallInfo) of each observed call in flight, so that a call
+        #: finished in another context (a generator resumed elsewhere) tells its own observers
+        self.observed: dict[int, tuple[Any, CallInfo]] = {}
 
     def start(self, target: str, key: Any = None, route: tuple | None = None) -> Begun:
         """Route a call: ``((version, arm, config), contextvar token)`` or ``(None, token)``;
@@ -57,8 +62,12 @@ class HotPath:
                         route, info = None, CallInfo(target, None, None, self.reader(target))
                     else:
                         info = CallInfo(target, *route)
-            if self.observers:
+            if self.observers.calls:
                 info._observed = self.observers.started(info)
+                token = _current.set(info)
+                if info._observed:
+                    self._observe(token, info)
+                return route, token
             return route, _current.set(info)
         except Exception as exc:
             report("guard.route", exc)
@@ -81,6 +90,12 @@ class HotPath:
         try:
             if token is not None:
                 info = _current.get()
+                try:
+                    _current.reset(token)
+                except ValueError:  # reset from another context (a generator resumed elsewhere)
+                    mine = self.observed.get(id(token)) if self.observed else None
+                    if mine is not None and mine[0] is token:  # observed: its own info, not that context's
+                        info = mine[1]
                 if info is not None:
                     # the id the call was given; else the info itself, resolved by the writer, so
                     # that an id the caller asks for later (last_call().call_id) is the record's
@@ -88,10 +103,6 @@ class HotPath:
                     _last.set(info)
                     if info._metrics and info._metrics is not metrics:
                         metrics = {**info._metrics, **metrics} if metrics else info._metrics
-                try:
-                    _current.reset(token)
-                except ValueError:  # reset from another context (a generator resumed elsewhere)
-                    pass
             version, arm = (route[0], route[1]) if route else (None, None)
             if metrics:
                 metrics, score = split_score(clean_metrics(metrics, "call.metrics"), score)
@@ -100,7 +111,7 @@ class HotPath:
                     record = CallRecord(call_id, target, ts, duration, _OK, None, None, version, arm, attempt, score,
                                         context, metrics=metrics)
                     if info is not None and info._observed:
-                        self._ended(info, record)
+                        self._ended(info, record, token)
                     return record
                 outcome, etype, msg = _ERROR, ok, None
             else:
@@ -108,14 +119,30 @@ class HotPath:
             record = CallRecord(call_id, target, ts, duration, outcome, etype, msg, version, arm, attempt, score,
                                 context, metrics=metrics)
             if info is not None and info._observed:
-                self._ended(info, record)
+                self._ended(info, record, token)
             return record
         except Exception as err:
             report("guard.record", err)
             return None
 
-    def _ended(self, info: CallInfo, record: CallRecord) -> None:
-        """Tell the observers how an observed call ended (its id made now, for them)."""
+    def _observe(self, token: Any, info: CallInfo) -> None:
+        """Remember an observed call's info by its token (bounded: a call never finished is
+        forgotten after ``_OBSERVED_MAX`` later ones)."""
+        observed = self.observed
+        observed[id(token)] = (token, info)
+        if len(observed) > _OBSERVED_MAX:
+            try:
+                del observed[next(iter(observed))]
+            except (KeyError, RuntimeError, StopIteration):  # another thread changed it: next time
+                pass
+
+    def _ended(self, info: CallInfo, record: CallRecord, token: Any) -> None:
+        """Tell the observers how an observed call ended (its id made now, for them), once."""
+        mine = self.observed.pop(id(token), None)
+        if mine is None or mine[0] is not token or mine[1] is not info:
+            if mine is not None:
+                self.observed[id(token)] = mine  # not this call's: put back
+            return  # another call's info (this call was not observed), or told already
         if record.id is None or record.id is info:
             record.id = info.call_id
         self.observers.ended(info._observed, record)
@@ -213,7 +240,7 @@ class Recorder:
         this worker's view of it is fresh): then ``ok`` may record a call, and routing and
         ``current_call`` may be skipped."""
         v = self._views.get(self.target)
-        return v is not None and v.unversioned and self._clock.monotonic() <= v.expires and not self._hot.observers
+        return v is not None and v.unversioned and self._clock.monotonic() <= v.expires and not self._hot.observers.calls
 
     def ok(self, ts: float, duration: float, attempt: int = 1) -> None:
         """Record a successful call of a :meth:`plain` target, as cheaply as possible (its id

@@ -1,0 +1,3 @@
+import pytest
+
+pytest.importorskip("opentelemetry.sdk", reason="OpenTelemetry is not installed (pip install 'sil-guard[otel]')")
