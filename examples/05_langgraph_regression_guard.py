@@ -18,6 +18,8 @@ The graph is a small support agent:
 * The node's config lives in the graph's own store (``StoreConfigAdapter``); the guard keeps
   its records and trail in an embedded SQLite file.
 
+It ends by writing the report of its store (``sil report``): one self-contained HTML page.
+
 Run: python examples/05_langgraph_regression_guard.py   (or ``make demo``)
 """
 
@@ -33,6 +35,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.store.memory import InMemoryStore
 
 from sil_core import Guard, RolloutPolicy, State
+from sil_core.report import write_report
 from sil_langgraph import GuardNode, StoreConfigAdapter, guarded_node, node_config
 
 TARGET = "write"
@@ -218,4 +221,9 @@ assert report.ok
 print("   config history in the graph store:")
 for move in adapter.history(TARGET):
     print(f"     {move['action']:<8} {move['previous'] or '(none)':<14} -> {move['version']}")
+
+print("5. the report: one HTML page, open it in any browser (no network needed)")
+written = write_report(guard, workdir / "report.html")
+print(f"   {written['path']} ({written['bytes'] / 1024:.0f} KiB); `sil report --store "
+      f"sqlite:///{workdir / 'sil.db'}` writes it again")
 guard.close()

@@ -1,6 +1,7 @@
 """The ``sil`` command: what an operator needs to see and do, on any store.
 
 ``status`` (per version, and per arm during a change), ``changes``, ``trail show|verify``,
+``report`` (one self-contained HTML page),
 and the actions ``promote``, ``rollback``, ``approve``, ``revert``, ``pin``, ``unpin``.
 Every command takes ``--store`` and ``--json``. An action is taken here and now when this
 process can act (the adapter is rebuilt from the store where it can be); the trail names
@@ -84,7 +85,9 @@ def _fmt_metric(m: dict | None) -> str:
     if not m or m["mean"] is None:
         return "-"
     half = f" ±{(m['ci'][1] - m['ci'][0]) / 2:.3g}" if m["ci"] and m["ci"][1] > m["ci"][0] else ""
-    return f"{m['mean']:.4g}{half} ({m['n']})"
+    mean = m["mean"]
+    shown = f"{mean:,.0f}" if abs(mean) >= 1e4 else f"{mean:.4g}"  # 33,240 tokens, not 3.324e+04
+    return f"{shown}{half} ({m['n']})"
 
 
 def _cells_row(target: str, label: str, cells: list) -> dict[str, Any]:
@@ -251,6 +254,27 @@ def _trail(store: Store, args: argparse.Namespace) -> int:
     return DONE
 
 
+# -- the report -----------------------------------------------------------------------------------
+def _report(store: Store, args: argparse.Namespace) -> int:
+    from .guard import Guard
+    from .report import write_report
+
+    guard = Guard(store, worker_id=actor(), flush_interval=60)
+    try:
+        written = write_report(guard, args.out, targets=args.target or None, since=args.since,
+                               store_label=masked_url(store.url))
+    except OSError as exc:
+        raise Refused(f"cannot write {args.out}: {exc}") from None
+    finally:
+        guard.close()
+    if args.json:
+        print(json.dumps({"store": masked_url(store.url), **written}, indent=2))
+    else:
+        print(f"wrote {written['path']} ({written['bytes'] / 1024:.1f} KiB, {written['changes']} changes, "
+              f"{written['targets']} targets, {written['seconds']:.2f} s)")
+    return DONE
+
+
 # -- the parser ----------------------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
@@ -288,6 +312,14 @@ def _parser() -> argparse.ArgumentParser:
     pin = sub.add_parser("pin", parents=[common], help="serve VERSION and refuse proposals until unpinned")
     pin.add_argument("target")
     pin.add_argument("version")
+    report = sub.add_parser("report", parents=[common], help="write one self-contained HTML page: per target, "
+                            "calls per version; per change, its curves, verdict, evidence and steps; the trail")
+    report.add_argument("--target", action="append", default=[], metavar="TARGET",
+                        help="only this target (repeat for several)")
+    report.add_argument("--since", type=_since, default=None, help="only calls and changes since: 30m, 24h, 7d or "
+                        "ISO time")
+    report.add_argument("--out", default="sil-report.html", metavar="PATH", help="where to write the page "
+                        "(default: sil-report.html)")
     sub.add_parser("hermes", help="Hermes skills: history SKILL, rollback SKILL [--to VERSION] "
                    "(needs sil-guard[hermes])", add_help=False)
     return parser
@@ -310,8 +342,15 @@ def _run(store: Store, args: argparse.Namespace) -> int:
         unknown = [t for t in args.targets if t not in known]
         if unknown:
             raise Refused(f"no calls or changes recorded for {', '.join(unknown)} in {masked_url(store.url)}")
+    if args.command == "report" and args.target:
+        known = set(store.targets()) | {key for key, _, _ in store.kv_list("head")}
+        unknown = [t for t in args.target if t not in known]
+        if unknown:
+            raise Refused(f"no calls or changes recorded for {', '.join(unknown)} in {masked_url(store.url)}")
     if args.command == "trail":
         return _trail(store, args)
+    if args.command == "report":
+        return _report(store, args)
     if args.command not in ("status", "changes"):
         return act(store, args)
     guard = Guard(store, worker_id=actor(), flush_interval=60)
