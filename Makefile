@@ -24,6 +24,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/detection.py
 	$(PY) benchmarks/langgraph_overhead.py
 	$(PY) benchmarks/hermes_hooks.py
+	$(PY) benchmarks/hermes_assets.py
+	$(PY) benchmarks/report.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
