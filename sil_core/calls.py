@@ -40,7 +40,7 @@ class CallInfo:
     ``metrics`` is the call's dict of numeric metrics (``metrics["tokens_out"] = 812``),
     recorded with the call (see ``sil_core.metrics``)."""
 
-    __slots__ = ("target", "version", "arm", "_config", "_id", "_metrics", "_observed")
+    __slots__ = ("target", "version", "arm", "_config", "_id", "_metrics", "_observed", "detached")
 
     def __init__(self, target: str, version: str | None, arm: str | None,
                  config: dict | Callable[[], dict | None] | None, call_id: str | None = None) -> None:
@@ -48,6 +48,8 @@ class CallInfo:
         self.target, self.version, self.arm, self._config, self._id = target, version, arm, config, call_id
         self._metrics: dict | None = None
         self._observed: list | None = None  # (observer, state) pairs (sil_core.observe)
+        #: a call that spans several steps (an agent run): current only inside each step
+        self.detached = False
 
     @property
     def config(self) -> dict | None:

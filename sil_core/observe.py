@@ -10,6 +10,10 @@ reported and the call goes on):
 * ``call_ended(state, record: CallRecord)``: on the same thread and context when the call's
   record is built (its outcome, latency, version, arm, metrics); ``state`` is what
   ``call_started`` returned.
+* ``call_entered(state) -> token`` and ``call_exited(state, token)``: a *detached* call
+  (``info.detached``: one that spans several steps, an agent run whose model and tool calls
+  run in other contexts; ``Recorder.open``) is not made current by ``call_started``;
+  each of its steps (``Recorder.step``) enters it and exits it, on the step's thread.
 * ``feedback_given(feedback: Feedback)``: on the thread that called ``guard.feedback``.
 * ``trail_event(event: dict)``: each event the guard appends to the trail
   (``change_proposed``, ``change_applied``, ``ramp``, ``verdict``, ``rollback_started``,
@@ -64,6 +68,28 @@ class Observers(list):
                 fn(state, record)
             except Exception as exc:
                 report("observer.call_ended", exc)
+
+    @staticmethod
+    def entered(states: list) -> list:
+        """Enter a detached call's step; the tokens, for :meth:`exited`."""
+        tokens = []
+        for obs, state in states:
+            fn = getattr(obs, "call_entered", None)
+            if fn is None:
+                continue
+            try:
+                tokens.append((obs, state, fn(state)))
+            except Exception as exc:
+                report("observer.call_entered", exc)
+        return tokens
+
+    @staticmethod
+    def exited(tokens: list) -> None:
+        for obs, state, token in reversed(tokens):
+            try:
+                obs.call_exited(state, token)
+            except Exception as exc:
+                report("observer.call_exited", exc)
 
     def feedback(self, fb: Any) -> None:
         for obs in self:

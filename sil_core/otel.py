@@ -176,6 +176,8 @@ class OtelObserver:
             if change_id is not None:
                 attrs["sil.change_id"] = change_id
         span = self.tracer.start_span(f"invoke_agent {target}", kind=self._INTERNAL, attributes=attrs)
+        if getattr(info, "detached", False):  # an agent run: current only inside its steps
+            return span, None
         if not span.is_recording():  # a no-op tracer passes the caller's span on: keep that one current
             ctx = span.get_span_context()
             if not ctx.is_valid or ctx == self._current_span().get_span_context():
@@ -194,6 +196,13 @@ class OtelObserver:
         if view.change_id is not None and version in (view.candidate, view.baseline):
             return view.change_id
         return None
+
+    def call_entered(self, state: tuple) -> Any:
+        """A step of a detached call (a model or tool call of an agent run): its span is current."""
+        return self._attach(self._set_span(state[0]))
+
+    def call_exited(self, state: tuple, token: Any) -> None:
+        _detach(self._context, token, state[0], self._trace)
 
     def call_ended(self, state: tuple, record: Any) -> None:
         """End the span with the call's outcome, restore the caller's context, count it."""

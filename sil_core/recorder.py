@@ -16,6 +16,7 @@ from ._internal.failopen import report
 from ._internal.jsonsafe import error_message
 from .calls import CallInfo, _current, _last
 from .metrics import clean_metrics
+from .observe import Observers
 from .outcomes import classify_exception
 from .records import CallRecord, Feedback, Outcome
 
@@ -176,6 +177,36 @@ def split_score(metrics: dict[str, float] | None, score: float | None) -> tuple[
     return metrics, score
 
 
+class _Step:
+    """One step of a detached call: current (``current_call()``, observers' spans) inside."""
+
+    __slots__ = ("call", "token", "entered")
+
+    def __init__(self, call: CallInfo | None) -> None:
+        self.call, self.token, self.entered = call, None, None
+
+    def __enter__(self) -> CallInfo | None:
+        call = self.call
+        if call is not None:
+            try:
+                self.token = _current.set(call)
+                if call._observed:
+                    self.entered = Observers.entered(call._observed)
+            except Exception as exc:
+                report("guard.step", exc)
+        return call
+
+    def __exit__(self, *exc: Any) -> bool:
+        try:
+            if self.entered:
+                Observers.exited(self.entered)
+            if self.token is not None:
+                _current.reset(self.token)
+        except Exception as err:  # a step that ends in another context: leave it
+            report("guard.step", err)
+        return False
+
+
 class Recorder:
     """Records the calls of one target for an integration (``guard.recorder(target)``).
 
@@ -226,6 +257,46 @@ class Recorder:
         route, token = begun or (None, None)
         return self._hot.finish(self.target, ts, duration, exc, ok, route, token, call_id, context, score, attempt,
                                 metrics)
+
+    def open(self, route: tuple | None = None) -> CallInfo | None:
+        """Start a *detached* call, one that spans several steps in other contexts (an agent
+        run: its model and tool calls): ``route`` is the ``(version, arm, config)`` serving
+        it (``None``: no version). Observers start watching it now; it becomes the
+        :func:`~sil_core.current_call` only inside :meth:`step`. Finish it with :meth:`close`."""
+        try:
+            info = CallInfo(self.target, *route) if route is not None else CallInfo(self.target, None, None, None)
+            info.detached = True
+            hot = self._hot
+            if hot.observers.calls:
+                info._observed = hot.observers.started(info)
+            return info
+        except Exception as exc:
+            report("guard.route", exc)
+            return None
+
+    def step(self, call: CallInfo | None) -> "_Step":
+        """``with rec.step(call):`` around one step of a detached call (a model or tool call):
+        inside, it is the current call (and observers' current span)."""
+        return _Step(call)
+
+    def close(self, call: CallInfo | None, ts: float, duration: float, exc: BaseException | None = None,
+              ok: Any = True, *, attempt: int = 1, call_id: str | None = None, context: Any = None,
+              score: float | None = None, metrics: dict | None = None) -> CallRecord | None:
+        """The record of a detached call (as :meth:`end` builds one); observers see it end."""
+        if call is None:
+            return self.end(None, ts, duration, exc, ok, attempt=attempt, call_id=call_id, context=context,
+                            score=score, metrics=metrics)
+        if call._metrics:
+            metrics = {**call._metrics, **metrics} if metrics else call._metrics
+        route = (call.version, call.arm, call._config) if call.version is not None else None
+        record = self._hot.finish(self.target, ts, duration, exc, ok, route, None, call_id or call._id, context,
+                                  score, attempt, metrics)
+        if record is not None:
+            if call_id is None:
+                record.id = call.call_id
+            if call._observed:
+                self._hot.observers.ended(call._observed, record)
+        return record
 
     def put(self, record: CallRecord | None) -> None:
         """Queue a record (with ``durability="sync"``, wait until it is committed)."""

@@ -87,7 +87,7 @@ class _Run:
     """One agent run in flight."""
 
     __slots__ = ("version", "arm", "config", "change_id", "ts", "t0", "elapsed", "last", "thread", "ns",
-                 "model_calls", "tool_calls", "tool_errors", "done", "pinned", "meta", "lock", "usage")
+                 "model_calls", "tool_calls", "tool_errors", "done", "pinned", "meta", "lock", "usage", "call")
 
     def __init__(self, version: Any, arm: Any, config: Any, change_id: Any, thread: Any, ns: str,
                  prices: Any = None) -> None:
@@ -99,6 +99,7 @@ class _Run:
         self.done = self.pinned = False
         self.lock = threading.Lock()
         self.usage = Tally({}, prices)  # the run's tokens and cost, summed over its model calls
+        self.call: Any = None  # the run as a detached call of the guard (Recorder.open): its steps, its span
         meta = {}
         if version is not None:
             meta["version"] = version
@@ -245,8 +246,10 @@ class _GuardMiddlewareLogic:
             run.model_calls, run.tool_calls = int(pin.get("model_calls") or 0), int(pin.get("tool_calls") or 0)
             run.tool_errors = int(pin.get("tool_errors") or 0)
             with self._lock:
-                run = self._threads.setdefault((thread, ns), run)
-            return run
+                found = self._threads.setdefault((thread, ns), run)
+            if found is run:  # resumed here: observers see the rest of the run as a call of its own
+                run.call = self._rec.open(self._route(run))
+            return found
         except Exception as exc:  # fail open: the run goes unrecorded, served as routed
             report("langchain.pin", exc)
             return None
@@ -288,6 +291,7 @@ class _GuardMiddlewareLogic:
             if version is None:
                 served = self.guard.adapter_config(self.target)
             run = _Run(version, arm, served, view.change_id if arm is not None else None, thread, ns, self.prices)
+            run.call = self._rec.open(self._route(run))
             if thread is not None:
                 with self._lock:
                     old = self._threads.get((thread, ns))
@@ -313,12 +317,15 @@ class _GuardMiddlewareLogic:
                         del self._threads[(run.thread, run.ns)]
             if run.pinned:
                 self._clear_pin(run)
-            route = (run.version, run.arm, run.config) if run.version is not None else None
-            return self._rec.end((route, None), run.ts, run.active_time(), exc, ok, context=run.context(),
-                                 call_id=call_id, metrics=run.usage.close())
+            return self._rec.close(run.call, run.ts, run.active_time(), exc, ok, context=run.context(),
+                                   call_id=call_id, metrics=run.usage.close())
         except Exception as err:
             report("langchain.record", err)
             return None
+
+    @staticmethod
+    def _route(run: _Run) -> Optional[tuple]:
+        return (run.version, run.arm, run.config) if run.version is not None else None
 
     def _clear_pin(self, run: _Run) -> None:
         try:
@@ -426,7 +433,8 @@ class _GuardMiddlewareLogic:
             request = self._request(run, request)
         token = self._tag(run)
         try:
-            response = handler(request)
+            with self._rec.step(run.call if run is not None else None):
+                response = handler(request)
         except BaseException as exc:
             self._untag(token)
             self._rec.put(self._failed(run, exc))
@@ -444,7 +452,8 @@ class _GuardMiddlewareLogic:
             request = self._request(run, request)
         token = self._tag(run)
         try:
-            response = await handler(request)
+            with self._rec.step(run.call if run is not None else None):
+                response = await handler(request)
         except BaseException as exc:
             self._untag(token)
             await self._rec.aput(self._failed(run, exc))
@@ -460,7 +469,8 @@ class _GuardMiddlewareLogic:
         run = self._find(getattr(request, "runtime", None))
         token = self._tag(run)
         try:
-            result = handler(request)
+            with self._rec.step(run.call if run is not None else None):
+                result = handler(request)
         except BaseException as exc:
             self._untag(token)
             self._rec.put(self._failed(run, exc))
@@ -473,7 +483,8 @@ class _GuardMiddlewareLogic:
         run = self._find(getattr(request, "runtime", None))
         token = self._tag(run)
         try:
-            result = await handler(request)
+            with self._rec.step(run.call if run is not None else None):
+                result = await handler(request)
         except BaseException as exc:
             self._untag(token)
             await self._rec.aput(self._failed(run, exc))
