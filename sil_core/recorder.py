@@ -306,6 +306,26 @@ class Recorder:
         """``put`` for a coroutine: a sync guard awaits the commit without blocking the loop."""
         await self._hot.aput(record)
 
+    def done(self, begun: Begun | None, ts: float, duration: float, attempt: int = 1,
+             metrics: dict | None = None) -> None:
+        """Record a call that :meth:`begin` started and that succeeded, as cheaply as the
+        fast lane when nothing was asked of it (no version served it, no metrics, no
+        observer): ``put(end(begun, ...))`` otherwise. Never raises."""
+        try:
+            route, token = begun or (None, None)
+            if route is None and token is not None and not metrics and self.guard.durability != "sync":
+                info = _current.get()
+                if info is not None and not info._metrics and not info._observed:
+                    _current.reset(token)
+                    _last.set(info)
+                    # a CallRecord's fields in order, its id the call's (made now, or by the writer)
+                    self._append((info._id or info, self.target, ts, duration, _OK, None, None, None, None, attempt,
+                                  None, None))
+                    return
+        except Exception as exc:  # a reset from another context: the general path below
+            report("guard.record", exc) if not isinstance(exc, ValueError) else None
+        self._hot.put(self.end(begun, ts, duration, attempt=attempt, metrics=metrics))
+
     def plain(self) -> bool:
         """Whether the target is served without a version now (no change was ever made, and
         this worker's view of it is fresh): then ``ok`` may record a call, and routing and

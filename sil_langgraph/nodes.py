@@ -366,8 +366,12 @@ def guarded_node(fn: Callable[..., Any], *, guard: Any, target: Optional[str] = 
                                            duration, exc, None, unwatch(config, watched)))
                         raise
                     duration = _perf() - t0
-                    await rec.aput(rec.end(begun, ts, duration, attempt=node_attempt(configurable) or 1,
-                                           metrics=unwatch(config, watched)))
+                    metrics = unwatch(config, watched)
+                    if metrics is None and guard.durability != "sync":
+                        rec.done(begun, ts, duration, node_attempt(configurable) or 1)
+                    else:
+                        await rec.aput(rec.end(begun, ts, duration, attempt=node_attempt(configurable) or 1,
+                                               metrics=metrics))
                     return result
             run = begin(config)
             watched = watch(config, _metrics_of(run), table) if config else None
@@ -401,8 +405,7 @@ def guarded_node(fn: Callable[..., Any], *, guard: Any, target: Optional[str] = 
                                     duration, exc, None, unwatch(config, watched)))
                         raise
                     duration = _perf() - t0
-                    rec.put(rec.end(begun, ts, duration, attempt=node_attempt(configurable) or 1,
-                                    metrics=unwatch(config, watched)))
+                    rec.done(begun, ts, duration, node_attempt(configurable) or 1, unwatch(config, watched))
                     return result
             run = begin(config)
             watched = watch(config, _metrics_of(run), table) if config else None

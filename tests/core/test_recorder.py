@@ -82,3 +82,26 @@ def test_aput_under_concurrency():
             return g.store.count_calls("tool")
 
     assert asyncio.run(main()) == 20
+
+
+def test_done_records_a_begun_success_cheaply_or_in_full_when_it_was_asked_for_something():
+    from sil_core import Guard, current_call, last_call
+
+    g = Guard("memory://")
+    rec = g.recorder("n")
+    rec.put(rec.end(rec.begin(), 0.0, 0.01))
+    g.flush()
+    begun = rec.begin()
+    asked = current_call().call_id  # the id asked for inside: the record carries it
+    rec.done(begun, 1.0, 0.02)
+    assert last_call().call_id == asked and current_call() is None
+    begun = rec.begin()
+    current_call().metrics["tokens_out"] = 5  # a metric: the full path
+    rec.done(begun, 2.0, 0.03)
+    rec.done(rec.begin(), 3.0, 0.04, metrics={"cost_usd": 0.1})
+    g.flush()
+    records = {r.ts: r for r in g.store.read_calls("n", limit=10)}
+    assert records[1.0].id == asked and records[1.0].outcome == "ok"
+    assert records[2.0].metrics == {"tokens_out": 5.0} and records[3.0].metrics == {"cost_usd": 0.1}
+    assert g.stats("n").n == 4
+    g.close()
