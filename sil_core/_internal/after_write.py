@@ -59,6 +59,7 @@ class AfterWrite:
         self.last_tick = 0.0
         self.last_heartbeat = time.monotonic()  # the first report after HEARTBEAT_S: a short script writes none
         self.heartbeats = 0
+        self.stopped: float | None = None  # when close wrote this worker's last report
 
     def __call__(self, calls: list[CallRecord], feedback: list[Feedback], changed: Any = None) -> None:
         if changed is not None:  # the store says which records feedback changed, and how
@@ -144,6 +145,10 @@ class AfterWrite:
         """Write this worker's health to the store (``extra``: e.g. ``stopped=ts`` at close)."""
         self.last_heartbeat = time.monotonic() if now is None else now
         self.heartbeats += 1
+        if "stopped" in extra:
+            self.stopped = extra["stopped"]
+        elif self.stopped is not None:  # a late one (a job queued before close) still says so
+            extra = {**extra, "stopped": self.stopped}
         with fail_open("health.heartbeat"):
             self.guard.store.kv_put("worker", self.guard.worker_id,
                                     {**self.guard.health(probe=False).as_dict(), **extra}, expect_rev=None)
