@@ -17,6 +17,7 @@ from typing import Any, Iterable
 from ..aggregates import Cell, Stats, add_record, merge
 from ..detect import judge
 from ..policy import RolloutPolicy
+from .text import secs
 
 __all__ = ("READ_MAX", "REPLAY_CAP", "SAMPLES", "TRAIL_MAX", "build_model", "headline", "replay")
 
@@ -245,11 +246,11 @@ def _why(v: dict, ev: dict) -> str:
             return (f"its success rate fell from {sr['baseline']:.1%} to {sr['candidate']:.1%}, a drop that is "
                     f"statistically certain and larger than the {sr['tolerance'] * 100:.0f}-point tolerance")
         if metric == "latency" and lat:
-            return (f"it was {lat['ratio'] - 1:+.0%} slower (median {_secs(lat['baseline_median_s'])} -> "
-                    f"{_secs(lat['candidate_median_s'])}), beyond the {lat['tolerance']:.0%} tolerance")
+            return (f"it was {lat['ratio'] - 1:+.0%} slower (median {secs(lat['baseline_median_s'])} -> "
+                    f"{secs(lat['candidate_median_s'])}), beyond the {lat['tolerance']:.0%} tolerance")
         if metric == "latency_p95":
             p = ev.get("latency_p95") or {}
-            return f"its p95 latency rose from {_secs(p.get('baseline'))} to {_secs(p.get('candidate'))}"
+            return f"its p95 latency rose from {secs(p.get('baseline'))} to {secs(p.get('candidate'))}"
         m = (ev.get("metrics") or {}).get(metric or "")
         if m:
             return f"{metric} got worse ({_num(m['baseline'])} -> {_num(m['candidate'])}; {m['better']} is better)"
@@ -258,16 +259,6 @@ def _why(v: dict, ev: dict) -> str:
         return (f"success {sr['candidate']:.1%} vs {sr['baseline']:.1%}, latency x{lat['ratio']:.2f}, "
                 "both shown within tolerance")
     return ""
-
-
-def _secs(s: float | None) -> str:
-    if s is None:
-        return "-"
-    if s < 1e-3:
-        return f"{s * 1e6:.0f} µs"
-    if s < 1:
-        return f"{s * 1e3:.1f} ms"
-    return f"{s:.2f} s"
 
 
 def _num(x: Any) -> str:
