@@ -72,11 +72,13 @@ class Evaluations:
 
     def _run(self, item: tuple) -> None:
         call_id, evaluator, result = item
-        self._abandoned = [t for t in self._abandoned if t.is_alive()]
-        if len(self._abandoned) >= MAX_ABANDONED:
+        with self._lock:  # the pool's threads share it
+            self._abandoned = [t for t in self._abandoned if t.is_alive()]
+            stuck = len(self._abandoned)
+        if stuck >= MAX_ABANDONED:
             self.timed_out += 1
             _log.warning("sil-guard: evaluation of call %s skipped: %d evaluators are still running past their "
-                         "timeout", call_id, len(self._abandoned))
+                         "timeout", call_id, stuck)
             return
         box: dict[str, Any] = {}
         thread = threading.Thread(target=_evaluate, args=(evaluator, result, box), name="sil-evaluator", daemon=True)
@@ -84,7 +86,8 @@ class Evaluations:
         thread.join(self.timeout_s)
         if thread.is_alive():
             self.timed_out += 1
-            self._abandoned.append(thread)
+            with self._lock:
+                self._abandoned.append(thread)
             _log.warning("sil-guard: evaluator %s took longer than %gs on call %s: skipped",
                          getattr(evaluator, "__qualname__", evaluator), self.timeout_s, call_id)
             return
