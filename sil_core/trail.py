@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._internal.jsonsafe import bounded
+from ._internal.validate import safe_text, safe_texts
 from .digest import canonical_json, digest
 from .records import format_ts
 from .store.base import Store
@@ -39,7 +40,9 @@ def append_event(store: Store, type: str, target: str | None, *, change_id: str 
     """Append a typed event to the store's trail and return it."""
     if type not in EVENT_TYPES:
         raise ValueError(f"unknown trail event type {type!r}")
-    payload = json.loads(canonical_json(bounded(data)))  # bounded, JSON-clean, as it will be hashed
+    # bounded, JSON-clean, text UTF-8 (a lone surrogate in a reason becomes U+FFFD), as it will be hashed
+    payload = json.loads(canonical_json(safe_texts(bounded(data))))
+    target, actor = safe_text(target), safe_text(actor)
     now = time.time()
 
     def build(last: dict[str, Any] | None) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from typing import Any
 
-__all__ = ("dropped", "finite", "note", "safe_text")
+__all__ = ("dropped", "finite", "note", "safe_text", "safe_texts", "utf8_clean")
 
 _log = logging.getLogger("sil_core")
 #: values dropped (or records, where a value made the record unusable), per reason
@@ -64,3 +64,26 @@ def safe_text(text: Any) -> Any:
         except UnicodeEncodeError:
             text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     return text
+
+
+def safe_texts(value: Any) -> Any:
+    """``value`` with :func:`safe_text` applied to every string in it (dict keys included)."""
+    if isinstance(value, str):
+        return safe_text(value)
+    if isinstance(value, dict):
+        return {safe_texts(k): safe_texts(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [safe_texts(v) for v in value]
+    return value
+
+
+def utf8_clean(value: Any) -> bool:
+    """Whether every string in ``value`` (dict keys included) is stored as it is: UTF-8,
+    without a lone surrogate or a NUL."""
+    if isinstance(value, str):
+        return safe_text(value) is value
+    if isinstance(value, dict):
+        return all(utf8_clean(k) and utf8_clean(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return all(utf8_clean(v) for v in value)
+    return True

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._internal.failopen import fail_open
 from .._internal.ids import new_id
+from .._internal.validate import utf8_clean
 from ..adapters import ConfigAdapter, merge_patch
 from ..digest import legacy_patch_hash, patch_hash
 from ..errors import ConfigError
@@ -43,6 +44,9 @@ class Proposals:
             raise ConfigError(f"mode must be 'canary' or 'switch', not {mode!r}")
         if not isinstance(patch, dict) or not patch:
             raise ConfigError("a patch must be a non-empty dict")
+        if not utf8_clean(patch):
+            raise ConfigError("a patch's text must be storable: it has a lone surrogate (bytes that are not UTF-8 "
+                              "decoded with 'surrogateescape'?) or a NUL character")
         adapter = adapter or m.adapters.get(target) or m.default_adapter()
         if adapter is None:
             raise ConfigError(f"propose({target!r}) needs an adapter= (or Guard(adapter=...))")

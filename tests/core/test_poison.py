@@ -134,3 +134,21 @@ def test_a_store_that_is_down_keeps_everything_for_later():
     store.up = True
     assert g.flush() is True and store.count_calls("agent") == 50
     g.close()
+
+
+def test_broken_text_in_a_decision_keeps_the_trail_whole_and_a_broken_patch_is_refused_clearly():
+    from sil_core import ConfigError, DictConfigAdapter, Guard
+
+    g = Guard("memory://")
+    adapter = DictConfigAdapter({"t": {"p": 1}})
+    g.propose("t", {"p": 2}, adapter=adapter)
+    assert g.rollback("t", reason="bad \udcff bytes\x00 here", actor="ops-\ud800") is True
+    events = g.trail("t")
+    assert [e["type"] for e in events][-2:] == ["rollback_started", "rollback_succeeded"]  # written, not dropped
+    assert events[-2]["data"]["verdict"]["reason"] == "bad \ufffd bytes\ufffd here"
+    assert events[-1]["actor"] == "ops-\ufffd"
+    assert g.verify_trail().ok
+    with pytest.raises(ConfigError, match="lone surrogate"):
+        g.propose("t", {"p": "caf\udce9"}, adapter=adapter)
+    assert g.propose("t", {"p": ("a", "b")}, adapter=adapter).in_flight  # tuples are fine
+    g.close()
