@@ -99,9 +99,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``sil hermes ...``."""
     parser = argparse.ArgumentParser(prog="sil hermes", description="Hermes skills under guard")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, helptext in (("history", "every version of a skill"), ("rollback", "restore a skill version")):
+    for name, helptext in (("history", "every version of a skill"), ("rollback", "restore a skill version"),
+                           ("gc", "delete stored skill files no recorded version needs (older than a day)")):
         p = sub.add_parser(name, help=helptext)
-        p.add_argument("skill")
+        if name != "gc":
+            p.add_argument("skill")
         p.add_argument("--store", default=None, help="store URL (default: $SIL_STORE, else sil.store in Hermes' "
                        "config.yaml, else <Hermes home>/sil/sil.db)")
         p.add_argument("--hermes-home", default=None, help="Hermes' home (default: $HERMES_HOME or ~/.hermes)")
@@ -119,6 +121,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"sil hermes: {exc}", file=sys.stderr)
         return 1
     try:
+        if args.command == "gc":
+            guard = _guard(store, adapter)
+            try:
+                files, size = adapter.sweep_blobs(guard)
+            finally:
+                guard.close()
+            print(f"removed {files} stored files ({size / 1e6:.1f} MB) that no recorded version needs")
+            return 0
         if args.command == "history":
             rows = history(store, args.skill)
             if not rows:

@@ -126,3 +126,24 @@ def test_old_inline_versions_restore_and_unreferenced_blobs_are_swept(home, guar
         os.utime(blob, (old, old))
     assert adapter.sweep_blobs(guard) == (1, len(other))
     assert blob_of(home, data).is_file() and not blob_of(home, other).exists()
+
+
+def test_sil_hermes_gc_sweeps_from_the_command_line(home, guard, tmp_path, capsys):
+    import time
+
+    from sil_core.cli import main
+    from sil_hermes import SkillConfigAdapter
+
+    adapter = SkillConfigAdapter(home)
+    asset = add_asset(home, size=MB)
+    guard.adopt(TARGET, adapter.get_config("demo-skill"))
+    kept = asset.read_bytes()
+    asset.write_bytes(b"\xffunreferenced")
+    adapter.get_config("demo-skill")  # its blob is stored; no version names it
+    guard.flush()
+    old = time.time() - 3 * 86400
+    for blob in (home / "sil" / "blobs").rglob("*"):
+        os.utime(blob, (old, old))
+    assert main(["hermes", "gc", "--store", f"sqlite:///{tmp_path / 'sil.db'}", "--hermes-home", str(home)]) == 0
+    assert "removed 1 stored files" in capsys.readouterr().out
+    assert blob_of(home, kept).is_file() and not blob_of(home, b"\xffunreferenced").exists()
