@@ -34,6 +34,19 @@ class BlobError(OSError):
     """A blob a restore needs is missing or does not hold the bytes its name says."""
 
 
+def _copy_hashed(src, dest: Path) -> Tuple[str, int]:
+    """Stream the open file ``src`` into ``dest`` (fsynced); its SHA-256 and size."""
+    h, n = hashlib.sha256(), 0
+    with open(dest, "wb") as out:
+        for chunk in iter(lambda: src.read(CHUNK), b""):
+            h.update(chunk)
+            n += len(chunk)
+            out.write(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+    return h.hexdigest(), n
+
+
 def _key(st: os.stat_result) -> tuple:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
@@ -92,20 +105,14 @@ class BlobStore:
         """Write the blob's bytes to ``dest`` (streamed); raise :class:`BlobError` when the
         blob is missing or its bytes are not ``sha``/``size`` (``dest`` is then partial:
         write it in a staging folder)."""
-        h, n = hashlib.sha256(), 0
         try:
             src = open(self.path(sha), "rb")
         except FileNotFoundError:
             raise BlobError(f"blob {sha} ({size} bytes) is missing from {self.root}") from None
-        with src, open(dest, "wb") as out:
-            for chunk in iter(lambda: src.read(CHUNK), b""):
-                h.update(chunk)
-                n += len(chunk)
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        if h.hexdigest() != sha or n != size:
-            raise BlobError(f"blob {sha} in {self.root} is damaged ({n} bytes, sha256 {h.hexdigest()})")
+        with src:
+            got, n = _copy_hashed(src, dest)
+        if got != sha or n != size:
+            raise BlobError(f"blob {sha} in {self.root} is damaged ({n} bytes, sha256 {got})")
 
     def sweep(self, keep: Iterable[str], grace_s: float = GRACE_S) -> Tuple[int, int]:
         """Delete the blobs not in ``keep`` (and stray temp files) older than ``grace_s``;
@@ -149,16 +156,9 @@ class BlobStore:
         tmp_dir = self.root / "tmp"
         tmp_dir.mkdir(parents=True, exist_ok=True)
         tmp = tmp_dir / uuid.uuid4().hex
-        h, n = hashlib.sha256(), 0
         try:
-            with open(src, "rb") as f, open(tmp, "wb") as out:
-                for chunk in iter(lambda: f.read(CHUNK), b""):
-                    h.update(chunk)
-                    n += len(chunk)
-                    out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-            sha = h.hexdigest()
+            with open(src, "rb") as f:
+                sha, n = _copy_hashed(f, tmp)
             final = self.path(sha)
             if self._present(sha, n):
                 tmp.unlink()
