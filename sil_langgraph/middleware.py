@@ -52,10 +52,11 @@ LangChain (``langchain>=1.0``) is imported when :data:`GuardMiddleware` is first
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import weakref
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from sil_core.integration import judge_result, new_id, report
 from sil_core.versions import get_version
@@ -387,6 +388,23 @@ class _GuardMiddlewareLogic:
             except ValueError:
                 pass
 
+    @contextlib.contextmanager
+    def _serving(self, run: Optional[_Run]) -> Iterator[None]:
+        """Around one model or tool call of a run: its metadata in the config, and the run
+        as the current call (and observers' current span); both undone after, even on error."""
+        token = self._tag(run)
+        try:
+            with self._rec.step(run.call if run is not None else None):
+                yield
+        finally:
+            self._untag(token)
+
+    def _model_done(self, run: Optional[_Run], request: Any, response: Any) -> None:
+        if run is not None:
+            run.model_calls += 1
+            run.last = _perf()
+            self._count(run, request, response)
+
     def _count(self, run: Optional[_Run], request: Any, response: Any) -> None:
         """Add a model response's usage (its ``AIMessage``s) to the run's tokens and cost."""
         if run is None:
@@ -431,65 +449,47 @@ class _GuardMiddlewareLogic:
         run = self._find(request.runtime)
         if run is not None:
             request = self._request(run, request)
-        token = self._tag(run)
         try:
-            with self._rec.step(run.call if run is not None else None):
+            with self._serving(run):
                 response = handler(request)
         except BaseException as exc:
-            self._untag(token)
             self._rec.put(self._failed(run, exc))
             raise
-        self._untag(token)
-        if run is not None:
-            run.model_calls += 1
-            run.last = _perf()
-            self._count(run, request, response)
+        self._model_done(run, request, response)
         return response
 
     async def awrap_model_call(self, request: Any, handler: Callable[[Any], Any]) -> Any:
         run = self._find(request.runtime)
         if run is not None:
             request = self._request(run, request)
-        token = self._tag(run)
         try:
-            with self._rec.step(run.call if run is not None else None):
+            with self._serving(run):
                 response = await handler(request)
         except BaseException as exc:
-            self._untag(token)
             await self._rec.aput(self._failed(run, exc))
             raise
-        self._untag(token)
-        if run is not None:
-            run.model_calls += 1
-            run.last = _perf()
-            self._count(run, request, response)
+        self._model_done(run, request, response)
         return response
 
     def wrap_tool_call(self, request: Any, handler: Callable[[Any], Any]) -> Any:
         run = self._find(getattr(request, "runtime", None))
-        token = self._tag(run)
         try:
-            with self._rec.step(run.call if run is not None else None):
+            with self._serving(run):
                 result = handler(request)
         except BaseException as exc:
-            self._untag(token)
             self._rec.put(self._failed(run, exc))
             raise
-        self._untag(token)
         self._tool_result(run, result)
         return result
 
     async def awrap_tool_call(self, request: Any, handler: Callable[[Any], Any]) -> Any:
         run = self._find(getattr(request, "runtime", None))
-        token = self._tag(run)
         try:
-            with self._rec.step(run.call if run is not None else None):
+            with self._serving(run):
                 result = await handler(request)
         except BaseException as exc:
-            self._untag(token)
             await self._rec.aput(self._failed(run, exc))
             raise
-        self._untag(token)
         self._tool_result(run, result)
         return result
 
