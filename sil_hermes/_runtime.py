@@ -165,17 +165,15 @@ class Runtime:
         self._hook_exit()
 
     def _observe(self, guard: Any) -> None:
-        """Re-read the rollbacks right after this process's guard decides one (others'
-        decisions are seen within ``QUARANTINE_REFRESH_S``)."""
-        runtime_ = self
-
-        class Decisions:
-            def trail_event(self, event: dict) -> None:
-                if str(event.get("target") or "").startswith("hermes:"):
-                    runtime_._refreshed = 0.0
-
+        """Watch the guard's decisions (once per guard: the runtime itself is the observer)."""
         with fail_open("hermes.observe"):
-            guard.add_observer(Decisions())
+            guard.add_observer(self)
+
+    def trail_event(self, event: dict) -> None:
+        """An observer of this process's guard: re-read the rollbacks right after it decides
+        one (others' decisions are seen within ``QUARANTINE_REFRESH_S``)."""
+        if str(event.get("target") or "").startswith("hermes:"):
+            self._refreshed = 0.0
 
     def _hook_exit(self) -> None:
         """(Re-)register the exit handler so it runs before the guards' own (atexit runs
