@@ -322,8 +322,10 @@ class Recorder:
                     self._append((info._id or info, self.target, ts, duration, _OK, None, None, None, None, attempt,
                                   None, None))
                     return
-        except Exception as exc:  # a reset from another context: the general path below
-            report("guard.record", exc) if not isinstance(exc, ValueError) else None
+        except ValueError:  # a reset from another context: the general path below
+            pass
+        except Exception as exc:
+            report("guard.record", exc)
         self._hot.put(self.end(begun, ts, duration, attempt=attempt, metrics=metrics))
 
     def plain(self) -> bool:
