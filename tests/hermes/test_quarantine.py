@@ -1,6 +1,7 @@
 """Quarantine by content version, refreshed from the store; the notice to the model after
 a rollback (the plugin at Hermes' dispatcher, no model)."""
 
+import contextlib
 import time
 
 import pytest
@@ -17,6 +18,22 @@ def fast_refresh(monkeypatch):
 
     monkeypatch.setattr(rt, "QUARANTINE_REFRESH_S", 0.2)
     return 0.2
+
+
+@contextlib.contextmanager
+def another_process(tmp_path, monkeypatch):
+    """The plugin as a new process on the same store sees it: a fresh runtime, no guard yet."""
+    import sil_hermes._runtime as rt_mod
+
+    fresh = rt_mod.Runtime()
+    monkeypatch.setattr(rt_mod, "_runtime", fresh)
+    monkeypatch.setenv("SIL_STORE", f"sqlite:///{tmp_path / 'sil.db'}")
+    try:
+        yield fresh
+    finally:
+        fresh.drain(10)
+        if fresh.guard is not None:
+            fresh.guard.close()
 
 
 def bad_edit_rolled_back(home, guard, reason="3 failing turns in a row"):
@@ -70,23 +87,14 @@ def test_a_rollback_to_from_another_guard_unblocks_within_the_refresh_interval(h
 
 
 def test_a_new_process_blocks_a_quarantined_version_on_its_first_view(home, guard, tmp_path, monkeypatch):
-    import sil_hermes._runtime as rt_mod
-
     rt, v1, v2 = bad_edit_rolled_back(home, guard)
     rt.drain()
     guard.flush()
     skill_md = home / "skills" / "demo-skill" / "SKILL.md"
     skill_md.write_bytes(rt.bad)  # v2 comes back outside skill_manage (a restore from git, say)
-    fresh = rt_mod.Runtime()  # a new process: no guard yet, nothing seen on disk
-    monkeypatch.setattr(rt_mod, "_runtime", fresh)
-    monkeypatch.setenv("SIL_STORE", f"sqlite:///{tmp_path / 'sil.db'}")
-    try:
+    with another_process(tmp_path, monkeypatch):  # no guard yet, nothing seen on disk
         blocked = call("skill_view", {"name": "demo-skill"})
         assert "quarantined" in blocked["error"] and v2 in blocked["error"]
-    finally:
-        fresh.drain(10)
-        if fresh.guard is not None:
-            fresh.guard.close()
 
 
 def test_the_next_load_after_a_rollback_tells_the_model_once(home, guard, fast_refresh):
@@ -102,23 +110,14 @@ def test_the_next_load_after_a_rollback_tells_the_model_once(home, guard, fast_r
 
 def test_the_notice_is_given_once_across_processes(home, guard, tmp_path, monkeypatch, fast_refresh):
     """One process per turn (hermes chat -q, -z): the next process must not tell it again."""
-    import sil_hermes._runtime as rt_mod
-
     rt, v1, v2 = bad_edit_rolled_back(home, guard)
     time.sleep(fast_refresh * 1.5)
     assert "sil_guard" in call("skill_view", {"name": "demo-skill"})
     rt.drain()
     guard.flush()
-    fresh = rt_mod.Runtime()  # the next one-shot process, on the same store
-    monkeypatch.setattr(rt_mod, "_runtime", fresh)
-    monkeypatch.setenv("SIL_STORE", f"sqlite:///{tmp_path / 'sil.db'}")
-    try:
+    with another_process(tmp_path, monkeypatch):  # the next one-shot process, on the same store
         again = call("skill_view", {"name": "demo-skill"})
         assert again["success"] is True and "sil_guard" not in again
-    finally:
-        fresh.drain(10)
-        if fresh.guard is not None:
-            fresh.guard.close()
 
 
 def test_a_manual_rollback_is_not_called_a_regression(home, guard, fast_refresh):
